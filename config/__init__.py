@@ -1,0 +1,15 @@
+"""Typed settings of a SayIt node, read once at start."""
+
+from config.profiles import LanguageProfile, load_profiles
+from config.settings import ConfigError, EngineSettings, Limits, Settings, WorkerMode, load_settings
+
+__all__ = [
+    "ConfigError",
+    "EngineSettings",
+    "LanguageProfile",
+    "Limits",
+    "Settings",
+    "WorkerMode",
+    "load_profiles",
+    "load_settings",
+]

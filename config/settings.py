@@ -1,0 +1,234 @@
+"""Settings of one node, read once from the environment and an optional TOML file.
+
+Environment variables win over the TOML file (``SAYIT_CONFIG``), which wins over defaults.
+The TOML file uses the same names as the variables, lower-cased and without ``SAYIT_``
+(``port = 3000``, ``max_concurrent_chunks = 2``), plus ``[profiles.<lang>]`` tables.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.profiles import LanguageProfile, load_profiles
+
+MB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot start with."""
+
+
+class WorkerMode(enum.StrEnum):
+    ALL = "all"
+    API_ONLY = "api_only"
+    QUEUE_ONLY = "queue_only"
+
+
+DEFAULT_SLOTS = {WorkerMode.ALL: 4, WorkerMode.API_ONLY: 4, WorkerMode.QUEUE_ONLY: 2}
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    engine: str = "auto"  # auto | faster-whisper | mlx
+    model: str = "base"  # base (bundled) | small | medium | a local model folder
+    device: str = "auto"  # auto | cpu | cuda
+    compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA
+    cpu_threads: int = 0  # 0: the cores shared out evenly between the slots
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 100 * MB
+    sync_max_duration_s: float = 30.0
+    sync_max_bytes: int = 10 * MB
+    slot_wait_s: float = 10.0
+    transcribe_timeout_s: float = 300.0
+    retry_after_s: int = 5
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 3000
+    worker_mode: WorkerMode = WorkerMode.ALL
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    max_concurrent_chunks: int = 4
+    redis_url: str | None = None  # None: start an embedded redis-server
+    data_dir: Path = Path("data")
+    cors_origins: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()
+    engine: EngineSettings = EngineSettings()
+    limits: Limits = Limits()
+    profiles: Mapping[str, LanguageProfile] = field(default_factory=load_profiles)
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+
+def _int(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"an integer >= {minimum}")
+        return value
+
+    parse.__doc__ = f"an integer >= {minimum}"
+    return parse
+
+
+def _float(minimum: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if value < minimum:
+            raise ValueError
+        return value
+
+    parse.__doc__ = f"a number >= {minimum}"
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in options:
+            raise ValueError
+        return raw
+
+    parse.__doc__ = "one of " + ", ".join(options)
+    return parse
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    """a comma-separated list"""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _text(raw: str) -> str:
+    """a non-empty string"""
+    if not raw.strip():
+        raise ValueError
+    return raw.strip()
+
+
+def _port(raw: str) -> int:
+    """a TCP port from 1 to 65535"""
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    """a redis:// or rediss:// or unix:// URL"""
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError
+    return raw
+
+
+# name (the TOML key; the variable is SAYIT_<NAME> unless given), parser, where it goes
+_TOP: dict[str, tuple[Callable[[str], Any], str | None]] = {
+    "host": (_text, None),
+    "port": (_port, None),
+    "worker_mode": (_choice(*(m.value for m in WorkerMode)), "WORKER_MODE"),
+    "worker_id": (_text, "WORKER_ID"),
+    "max_concurrent_chunks": (_int(1), "MAX_CONCURRENT_CHUNKS"),
+    "redis_url": (_redis_url, "REDIS_URL"),
+    "data_dir": (_text, None),
+    "cors_origins": (_list, None),
+    "api_keys": (_list, None),
+}
+_ENGINE: dict[str, Callable[[str], Any]] = {
+    "engine": _choice("auto", "faster-whisper", "mlx"),
+    "model": _text,
+    "device": _choice("auto", "cpu", "cuda"),
+    "compute_type": _choice("auto", "int8", "int8_float16", "int8_float32", "float16", "float32"),
+    "cpu_threads": _int(0),
+}
+_LIMITS: dict[str, Callable[[str], Any]] = {
+    "max_upload_bytes": _int(1),
+    "sync_max_duration_s": _float(0.1),
+    "sync_max_bytes": _int(1),
+    "slot_wait_s": _float(0.0),
+    "transcribe_timeout_s": _float(1.0),
+    "retry_after_s": _int(1),
+    "max_restarts": _int(0),
+    "restart_window_s": _float(0.1),
+}
+
+
+def _read(
+    name: str,
+    parse: Callable[[str], Any],
+    env: Mapping[str, str],
+    toml: Mapping[str, Any],
+    env_name: str | None = None,
+) -> Any:
+    """The parsed value, or None when neither source sets it."""
+    variable = env_name or f"SAYIT_{name.upper()}"
+    if variable in env:
+        raw, source = env[variable], variable
+    elif name in toml:
+        value = toml[name]
+        raw = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        source = f"{name} in the TOML file"
+    else:
+        return None
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ConfigError(f"{source}={raw!r} is invalid: expected {parse.__doc__}") from None
+
+
+def _read_toml(env: Mapping[str, str]) -> dict[str, Any]:
+    path = env.get("SAYIT_CONFIG")
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"SAYIT_CONFIG={path!r} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"SAYIT_CONFIG={path!r} is not valid TOML: {exc}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``env`` (default: the process environment); ``overrides`` win over both."""
+    env = os.environ if env is None else env
+    toml = _read_toml(env)
+    top = {k: v for k, (p, e) in _TOP.items() if (v := _read(k, p, env, toml, e)) is not None}
+    engine = {k: v for k, p in _ENGINE.items() if (v := _read(k, p, env, toml)) is not None}
+    limits = {k: v for k, p in _LIMITS.items() if (v := _read(k, p, env, toml)) is not None}
+
+    mode = WorkerMode(top.pop("worker_mode", WorkerMode.ALL))
+    top.setdefault("max_concurrent_chunks", DEFAULT_SLOTS[mode])
+    if "data_dir" in top:
+        top["data_dir"] = Path(top["data_dir"])
+    try:
+        profiles = load_profiles(toml.get("profiles"))
+    except ValueError as exc:
+        raise ConfigError(f"SAYIT_CONFIG: {exc}") from None
+    fields: dict[str, Any] = {
+        **top,
+        "worker_mode": mode,
+        "engine": EngineSettings(**engine),
+        "limits": Limits(**limits),
+        "profiles": profiles,
+    }
+    for key, value in overrides.items():
+        if key not in Settings.__dataclass_fields__:
+            raise ConfigError(f"unknown setting {key!r}")
+        fields[key] = value
+    settings = Settings(**fields)
+    if settings.limits.sync_max_bytes > settings.limits.max_upload_bytes:
+        raise ConfigError("SAYIT_SYNC_MAX_BYTES must not exceed SAYIT_MAX_UPLOAD_BYTES")
+    return settings

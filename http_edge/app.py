@@ -1,0 +1,80 @@
+"""The application factory: one cleanup context per resource, as in aiohttp's own examples."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from config import Settings
+from http_edge.bridge import ActorBridge
+from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, REDIS_URL, SETTINGS, STARTED_AT
+from http_edge.middlewares import MIDDLEWARES
+from http_edge.routes import add_routes
+from sayit_actors.engine import Engine, create_engine
+from sayit_actors.metrics import Metrics
+from sayit_actors.redis_server import EmbeddedRedis, check_policy
+from sayit_actors.system import ActorSystem
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Application:
+    """The edge of one node. ``engine``: an already loaded engine to share (tests, benchmarks)."""
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.limits.max_upload_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics(settings.worker_id, settings.worker_mode.value)
+    app[STARTED_AT] = time.time()
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_actors_ctx(engine))
+    add_routes(app)
+    return app
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Redis: the configured server, or an embedded redis-server when there is none."""
+    settings = app[SETTINGS]
+    embedded: EmbeddedRedis | None = None
+    url = settings.redis_url
+    loop = asyncio.get_running_loop()
+    if url is None:
+        embedded = await loop.run_in_executor(None, EmbeddedRedis(settings.data_dir / "redis").start)
+        url = embedded.url
+    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+    try:
+        check_policy(await client.info("memory"))
+        app[METRICS].redis_up.set(1)
+        app[REDIS], app[REDIS_URL] = client, url
+        yield
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await loop.run_in_executor(None, embedded.stop)
+
+
+def _actors_ctx(engine: Engine | None):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings, metrics = app[SETTINGS], app[METRICS]
+        loop = asyncio.get_running_loop()
+        loaded = engine
+        if loaded is None:
+            started = time.perf_counter()
+            loaded = await loop.run_in_executor(
+                None, create_engine, settings.engine, settings.max_concurrent_chunks, str(settings.data_dir)
+            )
+            metrics.model_load_seconds.labels(loaded.name).set(time.perf_counter() - started)
+        actors = await loop.run_in_executor(
+            None, lambda: ActorSystem(settings, loaded, metrics, app[REDIS_URL]).start()
+        )
+        app[ACTORS], app[BRIDGE] = actors, ActorBridge()
+        try:
+            yield
+        finally:
+            await loop.run_in_executor(None, actors.stop)
+            app[BRIDGE].close()
+
+    return ctx

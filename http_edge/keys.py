@@ -1,0 +1,19 @@
+"""Typed keys of the objects the application holds."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from config import Settings
+from http_edge.bridge import ActorBridge
+from sayit_actors.metrics import Metrics
+from sayit_actors.system import ActorSystem
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+REDIS = web.AppKey("redis", aioredis.Redis)
+REDIS_URL = web.AppKey("redis_url", str)
+ACTORS = web.AppKey("actors", ActorSystem)
+BRIDGE = web.AppKey("bridge", ActorBridge)
+STARTED_AT = web.AppKey("started_at", float)

@@ -1,0 +1,88 @@
+"""Routes besides transcription: health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import redis
+from aiohttp import web
+
+from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, STARTED_AT
+from http_edge.transcribe import transcribe
+from sayit_actors import system
+from sayit_actors.result import DailyStats, GetStats
+from sayit_actors.supervisor import GetStatus
+
+log = logging.getLogger(__name__)
+HEALTH_TIMEOUT_S = 2.0
+
+
+async def _redis_status(request: web.Request) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(request.app[REDIS].ping(), HEALTH_TIMEOUT_S)
+    except (redis.RedisError, OSError, TimeoutError) as exc:
+        request.app[METRICS].redis_up.set(0)
+        return {"status": "down", "error": type(exc).__name__}
+    request.app[METRICS].redis_up.set(1)
+    return {"status": "up", "latencyMs": round((time.perf_counter() - started) * 1000, 2)}
+
+
+async def health(request: web.Request) -> web.Response:
+    actors, bridge = request.app[ACTORS], request.app[BRIDGE]
+    redis_status = await _redis_status(request)
+    children = await bridge.ask(lambda: actors.supervisor, GetStatus(), timeout_s=HEALTH_TIMEOUT_S)
+    slots_alive = sum(1 for c in children if c.kind == "WhisperActor" and c.alive)
+    engine = actors.engine
+    whisper = {
+        "status": "up" if slots_alive else "down",
+        "engine": engine.name,
+        "model": engine.model,
+        "device": engine.device,
+        "computeType": engine.compute_type,
+    }
+    workers = {
+        "node": actors.settings.worker_id,
+        "role": actors.settings.worker_mode.value,
+        "slots": actors.slots.capacity,
+        "slotsAlive": slots_alive,
+        "busy": actors.slots.busy,
+        "actors": [
+            {"name": c.name, "kind": c.kind, "alive": c.alive, "restarts": c.restarts, "givenUp": c.given_up}
+            for c in children
+        ],
+    }
+    stats: dict[str, Any] | None = None
+    if redis_status["status"] == "up":
+        try:
+            daily: DailyStats = await bridge.ask(
+                lambda: actors.ref(system.RESULT), GetStats(), timeout_s=HEALTH_TIMEOUT_S
+            )
+            stats = daily.to_dict()
+        except Exception as exc:  # health must answer whatever a part does
+            log.warning("stats unavailable for /health: %s", exc)
+    healthy = redis_status["status"] == "up" and slots_alive > 0 and all(c.alive for c in children)
+    body = {
+        "status": "ok" if healthy else "unhealthy",
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "uptime": round(time.time() - request.app[STARTED_AT], 1),
+        "services": {"whisper": whisper, "redis": redis_status, "workers": workers},
+        "stats": stats,
+    }
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    await _redis_status(request)
+    payload = request.app[METRICS].render()
+    return web.Response(body=payload, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/transcribe", transcribe)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)

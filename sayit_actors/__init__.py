@@ -1,0 +1,1 @@
+"""SayIt's actors, engines, audio handling and Redis state."""

@@ -1,0 +1,59 @@
+"""The ``sayit`` command: ``sayit serve [--host] [--port]`` runs a node in the role of WORKER_MODE."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from aiohttp import web
+
+from config import ConfigError, load_settings
+from sayit_actors.engine import EngineUnavailable
+from sayit_actors.redis_server import RedisPolicyError
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs rid=%{X-Request-Id}o'
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from http_edge import create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = load_settings(**overrides)
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log_format=ACCESS_LOG_FORMAT,
+        print=lambda msg: logging.getLogger("sayit").info(msg.strip()),
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sayit", description="SayIt speech-to-text service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run a node (role from WORKER_MODE, default all)")
+    serve.add_argument("--host", help="address to listen on (default SAYIT_HOST or 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (default SAYIT_PORT or 3000)")
+    serve.set_defaults(run=_serve)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=os.environ.get("SAYIT_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Pykka logs every error returned to a caller with its traceback; the edge logs what matters.
+    logging.getLogger("pykka").setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return int(args.run(args))
+    except (ConfigError, EngineUnavailable, RedisPolicyError, FileNotFoundError) as exc:
+        print(f"sayit: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

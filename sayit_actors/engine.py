@@ -1,0 +1,110 @@
+"""The engine interface: one loaded Whisper model serving every slot of a node.
+
+Two implementations: faster-whisper (CTranslate2; Linux, CPU int8 or CUDA float16) and
+mlx-whisper (Apple Silicon). ``create_engine`` picks one from the settings and fails at start,
+with what to install, when the chosen one cannot be had; it never swaps models silently.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from config import EngineSettings, LanguageProfile
+
+
+class EngineUnavailable(RuntimeError):
+    """The configured engine or model cannot be loaded on this machine."""
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """The decoding settings of one request, echoed back with its result."""
+
+    profile: str
+    language: str | None
+    beam_size: int
+    patience: float
+    best_of: int
+    temperatures: tuple[float, ...]
+    condition_on_previous_text: bool
+
+    @classmethod
+    def from_profile(cls, profile: LanguageProfile) -> TranscriptionOptions:
+        return cls(
+            profile=profile.name,
+            language=profile.language,
+            beam_size=profile.beam_size,
+            patience=profile.patience,
+            best_of=profile.best_of,
+            temperatures=profile.temperatures(),
+            condition_on_previous_text=profile.condition_on_previous_text,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["temperatures"] = list(self.temperatures)
+        return data
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str
+    language_probability: float
+    duration_s: float
+    segments: tuple[Segment, ...]
+    options: TranscriptionOptions
+
+
+class Engine(Protocol):
+    name: str
+    model: str
+    device: str
+    compute_type: str
+    workers: int
+
+    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
+        """Transcribe 16 kHz mono float32 samples; safe to call from ``workers`` threads at once."""
+        ...
+
+
+def is_apple_silicon() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def create_engine(settings: EngineSettings, workers: int, data_dir: str = "data") -> Engine:
+    """The engine the settings ask for, loaded and ready; raises EngineUnavailable."""
+    choice = settings.engine
+    if choice == "auto":
+        choice = "mlx" if is_apple_silicon() and _mlx_installed() else "faster-whisper"
+    if choice == "mlx":
+        from sayit_actors.mlx_engine import MlxEngine
+
+        return MlxEngine.load(settings, workers, data_dir)
+    from sayit_actors.faster_engine import FasterWhisperEngine
+
+    return FasterWhisperEngine.load(settings, workers)
+
+
+def _mlx_installed() -> bool:
+    try:
+        import mlx_whisper  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def join_text(segments: tuple[Segment, ...] | list[Segment]) -> str:
+    return " ".join(s.text.strip() for s in segments if s.text.strip())

@@ -1,0 +1,60 @@
+"""Every Prometheus metric of a node, on one explicit registry per node.
+
+Slot gauges carry the node id and role so that summing over nodes gives the cluster's
+concurrency (``sum(sayit_chunk_slots_busy) / sum(sayit_chunk_slots)``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self, node: str, role: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.node, self.role = node, role
+        r = self.registry
+        self.http_requests = Counter(
+            "sayit_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_latency = Histogram(
+            "sayit_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slots = Gauge("sayit_chunk_slots", "Transcription slots of the node", ["node", "role"], registry=r)
+        self.slots_busy = Gauge("sayit_chunk_slots_busy", "Slots transcribing now", ["node", "role"], registry=r)
+        self.transcriptions = Counter(
+            "sayit_transcriptions",
+            "Transcriptions by mode, language, engine and outcome",
+            ["mode", "language", "engine", "outcome"],
+            registry=r,
+        )
+        self.transcription_seconds = Histogram(
+            "sayit_transcription_seconds",
+            "Engine time per transcription",
+            ["mode", "language", "engine"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "sayit_audio_seconds", "Seconds of audio transcribed", ["mode", "language", "engine"], registry=r
+        )
+        self.actor_up = Gauge("sayit_actor_up", "1 while the actor runs", ["actor", "kind"], registry=r)
+        self.actor_restarts = Counter("sayit_actor_restarts", "Restarts by the supervisor", ["actor"], registry=r)
+        self.model_load_seconds = Gauge("sayit_model_load_seconds", "Time to load the model", ["engine"], registry=r)
+        self.redis_up = Gauge("sayit_redis_up", "1 when Redis answered the last check", registry=r)
+
+    def set_slots(self, capacity: int, busy: int) -> None:
+        self.slots.labels(self.node, self.role).set(capacity)
+        self.slots_busy.labels(self.node, self.role).set(busy)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

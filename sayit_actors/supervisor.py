@@ -1,0 +1,216 @@
+"""The Supervisor: starts the node's actors, restarts a crashed one, and names them all.
+
+One-for-one: a child that fails is replaced by a fresh one from its spec, the others keep
+running. A child that fails more than ``max_restarts`` times within ``window_s`` is left
+stopped (a crash loop is not healed by restarting faster) and reported as given up.
+Children tell the Supervisor of their failure from ``on_failure`` (see ``SupervisedActor``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import pykka
+
+from sayit_actors.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Factory = Callable[["pykka.ActorRef[Supervisor]", str], "pykka.ActorRef[Any]"]
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    kind: str
+    factory: Factory
+
+
+@dataclass(frozen=True)
+class ChildFailed:
+    name: str
+    error: str
+
+
+@dataclass(frozen=True)
+class StartAll:
+    pass
+
+
+@dataclass(frozen=True)
+class Restart:
+    name: str
+    reason: str = "requested"
+
+
+@dataclass(frozen=True)
+class GetStatus:
+    pass
+
+
+@dataclass(frozen=True)
+class ChildStatus:
+    name: str
+    kind: str
+    alive: bool
+    restarts: int
+    given_up: bool
+    started_at: float
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    ref: pykka.ActorRef[Any] | None = None
+    restarts: int = 0
+    given_up: bool = False
+    started_at: float = 0.0
+    recent: deque[float] = field(default_factory=deque)
+
+
+class Directory:
+    """Thread-safe name → ActorRef lookup, written by the Supervisor, read by everyone.
+
+    Callers look a child up at each use, so a restarted child is found under its old name.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: dict[str, pykka.ActorRef[Any]] = {}
+
+    def get(self, name: str) -> pykka.ActorRef[Any]:
+        with self._lock:
+            ref = self._refs.get(name)
+        if ref is None:
+            raise pykka.ActorDeadError(f"no running actor named {name!r}")
+        return ref
+
+    def _set(self, name: str, ref: pykka.ActorRef[Any] | None) -> None:
+        with self._lock:
+            if ref is None:
+                self._refs.pop(name, None)
+            else:
+                self._refs[name] = ref
+
+
+class SupervisedActor(pykka.ThreadingActor):
+    """A child of the Supervisor: reports its own crash so that it gets replaced."""
+
+    def __init__(self, supervisor: pykka.ActorRef[Supervisor], name: str) -> None:
+        super().__init__()
+        self.supervisor = supervisor
+        self.name = name
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.supervisor.is_alive():
+            self.supervisor.tell(ChildFailed(self.name, repr(exception_value)))
+
+
+class Supervisor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        directory: Directory,
+        metrics: Metrics,
+        max_restarts: int,
+        window_s: float,
+    ) -> None:
+        super().__init__()
+        self._children = {spec.name: _Child(spec) for spec in specs}
+        self._directory = directory
+        self._metrics = metrics
+        self._max_restarts = max_restarts
+        self._window_s = window_s
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case StartAll():
+                for child in self._children.values():
+                    self._start(child)
+                return None
+            case ChildFailed(name, error):
+                self._child_failed(name, error)
+                return None
+            case Restart(name, reason):
+                return self._restart(name, reason)
+            case GetStatus():
+                return self.status()
+        raise TypeError(f"unexpected message {message!r}")
+
+    def status(self) -> list[ChildStatus]:
+        return [
+            ChildStatus(
+                name,
+                c.spec.kind,
+                bool(c.ref and c.ref.is_alive()),
+                c.restarts,
+                c.given_up,
+                c.started_at,
+            )
+            for name, c in self._children.items()
+        ]
+
+    def on_stop(self) -> None:
+        for child in reversed(list(self._children.values())):
+            if child.ref is not None:
+                child.ref.stop(block=True, timeout=30)
+                self._directory._set(child.spec.name, None)
+                self._metrics.actor_up.labels(child.spec.name, child.spec.kind).set(0)
+
+    def _start(self, child: _Child) -> None:
+        child.ref = child.spec.factory(self.actor_ref, child.spec.name)
+        child.started_at = time.time()
+        self._directory._set(child.spec.name, child.ref)
+        self._metrics.actor_up.labels(child.spec.name, child.spec.kind).set(1)
+
+    def _child_failed(self, name: str, error: str) -> None:
+        child = self._children.get(name)
+        if child is None or child.given_up:
+            return
+        self._metrics.actor_up.labels(name, child.spec.kind).set(0)
+        now = time.monotonic()
+        while child.recent and now - child.recent[0] > self._window_s:
+            child.recent.popleft()
+        if len(child.recent) >= self._max_restarts:
+            child.given_up = True
+            self._directory._set(name, None)
+            log.error(
+                "actor %s failed (%s) %d times within %.0f s: not restarting it again",
+                name,
+                error,
+                len(child.recent) + 1,
+                self._window_s,
+            )
+            return
+        child.recent.append(now)
+        log.warning("actor %s failed (%s): restarting it", name, error)
+        self._replace(child)
+
+    def _restart(self, name: str, reason: str) -> ChildStatus:
+        child = self._children.get(name)
+        if child is None:
+            raise KeyError(name)
+        log.info("restarting actor %s (%s)", name, reason)
+        if child.ref is not None and child.ref.is_alive():
+            child.ref.stop(block=True, timeout=30)
+        child.given_up = False
+        child.recent.clear()
+        self._replace(child)
+        return next(s for s in self.status() if s.name == name)
+
+    def _replace(self, child: _Child) -> None:
+        child.restarts += 1
+        self._metrics.actor_restarts.labels(child.spec.name).inc()
+        self._start(child)
