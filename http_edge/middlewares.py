@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from http_edge.keys import METRICS, SETTINGS
+from http_edge.keys import METRICS, REQUEST_ID, SETTINGS
 from sayit_actors import errors
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def error_response(request: web.Request, error: errors.SayitError) -> web.Respon
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     response = await handler(request)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
@@ -122,7 +122,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except errors.SayitError as exc:
         if exc.status >= 500:
-            log.warning("request %s failed: %s %s", request.get("request_id"), exc.code, exc)
+            log.warning("request %s failed: %s %s", request.get(REQUEST_ID), exc.code, exc)
         return error_response(request, exc)
     except web.HTTPNotFound:
         return error_response(request, errors.NotFound())
@@ -135,7 +135,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error_response(request, errors.InvalidRequest(exc.reason))
         raise
     except Exception:
-        log.exception("request %s failed unexpectedly", request.get("request_id"))
+        log.exception("request %s failed unexpectedly", request.get(REQUEST_ID))
         return error_response(request, errors.Internal())
 
 

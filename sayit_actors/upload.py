@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import unicodedata
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,11 @@ class Sweep:
 
 
 def display_name(filename: str | None) -> str:
-    """The last path part of a client's filename, without control characters, at most 200 chars."""
-    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    """The last path part of a client's filename, without control characters, at most 200 chars.
+
+    Clients may percent-encode the name (RFC 7578), so it is decoded before it is cut.
+    """
+    name = urllib.parse.unquote(filename or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
     return name[:200] or "upload"
 
@@ -115,6 +119,12 @@ class UploadActor(SupervisedActor):
     def on_start(self) -> None:
         (self.upload_dir / INCOMING).mkdir(parents=True, exist_ok=True)
         self._sweep(older_than_s=3600.0)
+
+    def on_stop(self) -> None:
+        # Requests still holding an upload end with the node: their files go with them.
+        for path in self._live.values():
+            path.unlink(missing_ok=True)
+        self._live.clear()
 
     def on_receive(self, message: Any) -> Any:
         match message:

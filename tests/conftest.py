@@ -1,0 +1,118 @@
+"""Fixtures: a real redis-server, the real bundled model, the corpus, and an app per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+
+from config import Limits, Settings, load_settings
+from http_edge import create_app
+from sayit_actors import audio
+from sayit_actors.faster_engine import FasterWhisperEngine
+from sayit_actors.redis_server import EmbeddedRedis
+from tests.clips import encode
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+DATA = Path(__file__).resolve().parent / "data"
+SLOTS = 2
+JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not (CORPUS / "jfk.flac").is_file():
+        pytest.skip(f"the speech corpus is not at {CORPUS}")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
+    yield redis_server.url
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def engine() -> FasterWhisperEngine:
+    settings = load_settings({})
+    return FasterWhisperEngine.load(settings.engine, workers=SLOTS)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str) -> Settings:
+    base = load_settings({})
+    return replace(
+        base,
+        worker_id="test-node",
+        redis_url=redis_url,
+        data_dir=tmp_path / "data",
+        max_concurrent_chunks=SLOTS,
+        cors_origins=("https://app.sayit.example",),
+        limits=Limits(slot_wait_s=60.0),
+    )
+
+
+@pytest.fixture
+async def make_client(aiohttp_client, engine: FasterWhisperEngine, redis_url: str):  # type: ignore[no-untyped-def]
+    """Builds a test client for given settings; checks that no upload file outlives the test.
+
+    Depends on ``redis_url`` so that Redis is flushed only after the apps have stopped.
+    """
+    made: list[tuple[Settings, TestClient]] = []
+
+    async def make(settings: Settings) -> TestClient:
+        client = await aiohttp_client(create_app(settings, engine=engine))
+        made.append((settings, client))
+        return client
+
+    yield make
+    for settings, client in made:
+        await client.close()  # stops the actors: every queued release is handled first
+        left = [p for p in settings.upload_dir.rglob("*") if p.is_file()] if settings.upload_dir.exists() else []
+        assert left == [], f"upload files left behind: {left}"
+
+
+@pytest.fixture
+async def client(make_client, settings: Settings) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
+    yield await make_client(settings)
+
+
+@pytest.fixture(scope="session")
+def clips(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Files made from jfk.flac: M4A/AAC, ADTS AAC, OGG/Opus, damaged ones, and non-audio."""
+    folder = tmp_path_factory.mktemp("clips")
+    jfk = audio.decode(corpus / "jfk.flac")
+    flac_bytes = (corpus / "jfk.flac").read_bytes()
+    made = {
+        "m4a": encode(jfk, folder / "jfk.m4a", "mp4", "aac"),
+        "aac": encode(jfk, folder / "jfk.aac", "adts", "aac"),
+        "opus": encode(jfk, folder / "jfk.ogg", "ogg", "libopus", rate=48_000),
+        "silence_wav": encode(np.zeros(16_000, np.float32), folder / "silence.wav", "wav", "pcm_s16le"),
+    }
+    truncated = folder / "truncated.flac"
+    truncated.write_bytes(flac_bytes[: len(flac_bytes) // 5])
+    corrupt = folder / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(4000))
+    text = folder / "notes.wav"
+    text.write_bytes(b"these are meeting notes, not audio\n" * 50)
+    made.update(truncated=truncated, corrupt=corrupt, text=text)
+    yield made
+    shutil.rmtree(folder, ignore_errors=True)

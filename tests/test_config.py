@@ -1,0 +1,83 @@
+"""Settings: defaults, the seed's variables, TOML, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, WorkerMode, load_settings
+from config.profiles import load_profiles
+from sayit_actors.engine import TranscriptionOptions
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert settings.port == 3000 and settings.worker_mode is WorkerMode.ALL
+    assert settings.max_concurrent_chunks == 4 and settings.redis_url is None
+    assert settings.limits.max_upload_bytes == 100 * 1024 * 1024
+    assert settings.limits.sync_max_duration_s == 30 and settings.limits.sync_max_bytes == 10 * 1024 * 1024
+
+
+def test_seed_variables_and_role_defaults() -> None:
+    settings = load_settings(
+        {"WORKER_MODE": "queue_only", "REDIS_URL": "redis://redis:6379/0", "WORKER_ID": "q1", "SAYIT_PORT": "3100"}
+    )
+    assert settings.worker_mode is WorkerMode.QUEUE_ONLY and settings.max_concurrent_chunks == 2
+    assert settings.redis_url == "redis://redis:6379/0" and settings.worker_id == "q1" and settings.port == 3100
+    assert load_settings({"MAX_CONCURRENT_CHUNKS": "6"}).max_concurrent_chunks == 6
+    assert load_settings({"SAYIT_CORS_ORIGINS": "https://a.example, https://b.example"}).cors_origins == (
+        "https://a.example",
+        "https://b.example",
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"MAX_CONCURRENT_CHUNKS": "0"}, ["MAX_CONCURRENT_CHUNKS", ">= 1"]),
+        ({"MAX_CONCURRENT_CHUNKS": "four"}, ["MAX_CONCURRENT_CHUNKS", "integer"]),
+        ({"WORKER_MODE": "both"}, ["WORKER_MODE", "all, api_only, queue_only"]),
+        ({"SAYIT_PORT": "70000"}, ["SAYIT_PORT", "65535"]),
+        ({"REDIS_URL": "localhost:6379"}, ["REDIS_URL", "redis://"]),
+        ({"SAYIT_ENGINE": "whisper.cpp"}, ["SAYIT_ENGINE", "faster-whisper, mlx"]),
+        ({"SAYIT_SYNC_MAX_BYTES": "200000000"}, ["SAYIT_SYNC_MAX_BYTES", "SAYIT_MAX_UPLOAD_BYTES"]),
+        ({"SAYIT_CONFIG": "/nonexistent/sayit.toml"}, ["SAYIT_CONFIG", "cannot be read"]),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], names: list[str]) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(env)
+    for name in names:
+        assert name in str(excinfo.value)
+
+
+def test_toml_file_below_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "sayit.toml"
+    path.write_text(
+        'port = 3300\nmax_concurrent_chunks = 3\ncors_origins = ["https://x.example"]\n[profiles.ko]\nbeam_size = 8\n'
+    )
+    settings = load_settings({"SAYIT_CONFIG": str(path), "SAYIT_PORT": "3400"})
+    assert settings.port == 3400 and settings.max_concurrent_chunks == 3
+    assert settings.cors_origins == ("https://x.example",)
+    assert settings.profiles["ko"].beam_size == 8 and settings.profiles["ko"].temperature == 0.2
+    path.write_text("port = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings({"SAYIT_CONFIG": str(path)})
+    path.write_text("[profiles.fr]\nbeam_size = 2\n")
+    with pytest.raises(ConfigError, match="unknown language"):
+        load_settings({"SAYIT_CONFIG": str(path)})
+
+
+def test_profiles_of_the_design_make_every_setting_take_effect() -> None:
+    profiles = load_profiles()
+    expected = {"ko": (0.2, 5, 2.0, 3), "en": (0.3, 5, 1.5, 3), "auto": (0.25, 3, 1.8, 2)}
+    for name, (temperature, beam, patience, best_of) in expected.items():
+        options = TranscriptionOptions.from_profile(profiles[name])
+        # beam search (beam_size, patience) runs at temperature 0; the profile's temperature is the fallback
+        assert options.temperatures[0] == 0.0 and options.temperatures[1] == temperature
+        assert list(options.temperatures) == sorted(options.temperatures) and options.temperatures[-1] <= 1.0
+        assert (options.beam_size, options.patience, options.best_of) == (beam, patience, best_of)
+        assert options.condition_on_previous_text is True
+    assert TranscriptionOptions.from_profile(profiles["auto"]).language is None
+    assert TranscriptionOptions.from_profile(profiles["ko"]).language == "ko"
