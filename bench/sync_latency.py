@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import numpy as np
 import psutil
 
 from sayit_actors import audio
+from sayit_actors.redis_server import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AUDIO = REPO_ROOT.parent / "shared" / "corpus" / "jfk.flac"
@@ -82,12 +82,6 @@ class DirectPhase:
 
 
 # --- the server ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_env(data_dir: Path, slots: int) -> dict[str, str]:
