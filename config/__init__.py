@@ -1,13 +1,22 @@
 """Typed settings of a SayIt node, read once at start."""
 
 from config.profiles import LanguageProfile, load_profiles
-from config.settings import ConfigError, EngineSettings, Limits, Settings, WorkerMode, load_settings
+from config.settings import (
+    ConfigError,
+    EngineSettings,
+    Limits,
+    QueueSettings,
+    Settings,
+    WorkerMode,
+    load_settings,
+)
 
 __all__ = [
     "ConfigError",
     "EngineSettings",
     "LanguageProfile",
     "Limits",
+    "QueueSettings",
     "Settings",
     "WorkerMode",
     "load_profiles",

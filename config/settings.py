@@ -56,6 +56,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """The chunk queue: Bull's at-least-once promises (30 s stall check, 1 stall) on Redis Streams."""
+
+    chunk_s: float = 30.0
+    stall_interval_s: float = 30.0
+    max_stalls: int = 1
+    max_attempts: int = 3
+    retry_backoff_s: float = 2.0  # doubled after each failed attempt
+    max_queued_audio_s: float = 4 * 3600.0
+    result_ttl_s: int = 24 * 3600
+    heartbeat_s: float = 5.0
+    drain_timeout_s: float = 30.0
+    poll_s: float = 0.5
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "0.0.0.0"
     port: int = 3000
@@ -68,6 +84,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     engine: EngineSettings = EngineSettings()
     limits: Limits = Limits()
+    queue: QueueSettings = QueueSettings()
     profiles: Mapping[str, LanguageProfile] = field(default_factory=load_profiles)
 
     @property
@@ -165,6 +182,20 @@ _LIMITS: dict[str, Callable[[str], Any]] = {
 }
 
 
+_QUEUE: dict[str, Callable[[str], Any]] = {
+    "chunk_s": _float(5.0),
+    "stall_interval_s": _float(1.0),
+    "max_stalls": _int(0),
+    "max_attempts": _int(1),
+    "retry_backoff_s": _float(0.0),
+    "max_queued_audio_s": _float(1.0),
+    "result_ttl_s": _int(60),
+    "heartbeat_s": _float(0.5),
+    "drain_timeout_s": _float(0.0),
+    "poll_s": _float(0.05),
+}
+
+
 def _read(
     name: str,
     parse: Callable[[str], Any],
@@ -208,6 +239,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     top = {k: v for k, (p, e) in _TOP.items() if (v := _read(k, p, env, toml, e)) is not None}
     engine = {k: v for k, p in _ENGINE.items() if (v := _read(k, p, env, toml)) is not None}
     limits = {k: v for k, p in _LIMITS.items() if (v := _read(k, p, env, toml)) is not None}
+    queue = {k: v for k, p in _QUEUE.items() if (v := _read(k, p, env, toml)) is not None}
 
     mode = WorkerMode(top.pop("worker_mode", WorkerMode.ALL))
     top.setdefault("max_concurrent_chunks", DEFAULT_SLOTS[mode])
@@ -222,6 +254,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         "worker_mode": mode,
         "engine": EngineSettings(**engine),
         "limits": Limits(**limits),
+        "queue": QueueSettings(**queue),
         "profiles": profiles,
     }
     for key, value in overrides.items():
@@ -229,6 +262,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             raise ConfigError(f"unknown setting {key!r}")
         fields[key] = value
     settings = Settings(**fields)
+    if settings.queue.chunk_s > 30.0:
+        raise ConfigError("SAYIT_CHUNK_S must be at most 30 (one Whisper window)")
     if settings.limits.sync_max_bytes > settings.limits.max_upload_bytes:
         raise ConfigError("SAYIT_SYNC_MAX_BYTES must not exceed SAYIT_MAX_UPLOAD_BYTES")
     return settings

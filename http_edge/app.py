@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from config import Settings
+from config import Settings, WorkerMode
 from http_edge.bridge import ActorBridge
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, REDIS_URL, SETTINGS, STARTED_AT
 from http_edge.middlewares import MIDDLEWARES
@@ -31,7 +31,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Appli
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_actors_ctx(engine))
-    add_routes(app)
+    add_routes(app, serves_uploads=settings.worker_mode is not WorkerMode.QUEUE_ONLY)
     return app
 
 
@@ -74,6 +74,7 @@ def _actors_ctx(engine: Engine | None):  # type: ignore[no-untyped-def]
         try:
             yield
         finally:
+            await loop.run_in_executor(None, actors.drain, settings.queue.drain_timeout_s)
             await loop.run_in_executor(None, actors.stop)
             app[BRIDGE].close()
 

@@ -12,7 +12,8 @@ import redis
 from aiohttp import web
 
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, STARTED_AT
-from http_edge.transcribe import transcribe
+from http_edge.nodes import live_nodes
+from http_edge.transcribe import job_status, transcribe
 from sayit_actors import system
 from sayit_actors.result import DailyStats, GetStats
 from sayit_actors.supervisor import GetStatus
@@ -57,7 +58,12 @@ async def health(request: web.Request) -> web.Response:
         ],
     }
     stats: dict[str, Any] | None = None
+    queue_nodes: list[dict[str, Any]] = []
     if redis_status["status"] == "up":
+        try:
+            queue_nodes = await live_nodes(request.app[REDIS])
+        except redis.RedisError as exc:
+            log.warning("queue nodes unavailable for /health: %s", exc)
         try:
             daily: DailyStats = await bridge.ask(
                 lambda: actors.ref(system.RESULT), GetStats(), timeout_s=HEALTH_TIMEOUT_S
@@ -70,7 +76,15 @@ async def health(request: web.Request) -> web.Response:
         "status": "ok" if healthy else "unhealthy",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "uptime": round(time.time() - request.app[STARTED_AT], 1),
-        "services": {"whisper": whisper, "redis": redis_status, "workers": workers},
+        "services": {
+            "whisper": whisper,
+            "redis": redis_status,
+            "workers": workers,
+            "queue": {
+                "nodes": [{k: n.get(k) for k in ("id", "role", "slots", "busy")} for n in queue_nodes],
+                "slots": sum(int(n.get("slots", 0)) for n in queue_nodes),
+            },
+        },
         "stats": stats,
     }
     return web.json_response(body, status=200 if healthy else 503)
@@ -82,7 +96,9 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=payload, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/transcribe", transcribe)
+def add_routes(app: web.Application, serves_uploads: bool) -> None:
+    if serves_uploads:
+        app.router.add_post("/api/transcribe", transcribe)
+        app.router.add_get("/api/transcribe/{job_id}", job_status)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -1,12 +1,14 @@
-"""``POST /api/transcribe``: stream the upload to disk, then walk it through the actors.
+"""``POST /api/transcribe`` and ``GET /api/transcribe/{jobId}``.
 
-Upload → DurationProbe → Dispatcher → a leased WhisperActor slot → reply. The upload file is
-released (deleted) whatever happens, and every request is counted in Redis by the ResultActor.
+Upload → DurationProbe → Dispatcher → a leased WhisperActor slot → reply, or → a queued job
+(202) for long uploads and when every slot is busy. The upload file is released (deleted)
+whatever happens, and every request is counted in Redis by the ResultActor.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -14,12 +16,13 @@ import pykka
 from aiohttp import BodyPartReader, web
 
 from config import Settings
-from http_edge.keys import ACTORS, BRIDGE, METRICS, SETTINGS
+from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, SETTINGS
+from http_edge.nodes import live_nodes
 from sayit_actors import errors, system
 from sayit_actors.audio import AudioInfo
-from sayit_actors.dispatcher import Dispatch, Plan
+from sayit_actors.dispatcher import Dispatch, Enqueue, JobTicket, Mode, Plan
 from sayit_actors.probe import Probe
-from sayit_actors.result import RecordRequest
+from sayit_actors.result import GetJob, JobView, RecordRequest
 from sayit_actors.upload import Accept, IncomingFile, Release, Upload
 from sayit_actors.whisper import Transcribe, Transcribed
 
@@ -28,6 +31,9 @@ CHUNK_BYTES = 256 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 1024
 LANGUAGES = ("ko", "en", "auto")
+QUEUE_TIMEOUT_S = 120.0  # decoding and splitting a 100 MB upload
+REAL_TIME_FACTOR = 0.1  # engine seconds per audio second (Whisper base, int8, one CPU slot)
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 async def _read_form(request: web.Request, settings: Settings) -> tuple[IncomingFile, str, str, str]:
@@ -84,24 +90,29 @@ async def transcribe(request: web.Request) -> web.Response:
         try:
             info: AudioInfo = await bridge.ask(lambda: actors.ref(system.PROBE), Probe(upload.path, upload.format))
             audio_s = info.duration_s
-            plan: Plan = await bridge.ask(
-                lambda: actors.ref(system.DISPATCHER), Dispatch(upload.size_bytes, info, language)
-            )
-            slot = await bridge.lease(actors.slots, settings.limits.slot_wait_s)
-            if slot is None:
-                raise errors.ServerBusy(retry_after_s=settings.limits.retry_after_s)
-            done: Transcribed = await bridge.ask(
-                lambda: actors.ref(slot),
-                Transcribe(upload.path, info.duration_s, plan.options),
-                timeout_s=settings.limits.transcribe_timeout_s,
-                then=lambda: actors.slots.release(slot),
-            )
+            dispatch = Dispatch(upload.path, upload.size_bytes, info, language, upload.filename)
+            plan: Plan = await bridge.ask(lambda: actors.ref(system.DISPATCHER), dispatch, timeout_s=QUEUE_TIMEOUT_S)
+            if plan.mode is Mode.SYNC:
+                slot = await bridge.lease(actors.slots, settings.limits.slot_wait_s)
+                if slot is None:  # every slot is busy: the queue takes it instead of a 503
+                    plan = await bridge.ask(
+                        lambda: actors.ref(system.DISPATCHER), Enqueue(dispatch), timeout_s=QUEUE_TIMEOUT_S
+                    )
+                else:
+                    done: Transcribed = await bridge.ask(
+                        lambda: actors.ref(slot),
+                        Transcribe(upload.path, info.duration_s, plan.options),
+                        timeout_s=settings.limits.transcribe_timeout_s,
+                        then=lambda: actors.slots.release(slot),
+                    )
         finally:
             _tell(actors, system.UPLOAD, Release(upload.id))
         success = True
     finally:
         elapsed = time.perf_counter() - started
         _tell(actors, system.RESULT, RecordRequest(success, elapsed, audio_s))
+    if plan.job is not None:
+        return web.json_response(await _accepted(request, plan.job, info), status=202)
     transcript = done.transcript
     _observe(request, plan, done, info)
     data: dict[str, Any] = {
@@ -115,6 +126,60 @@ async def transcribe(request: web.Request) -> web.Response:
         "filename": upload.filename,
         "options": transcript.options.to_dict(),
     }
+    return web.json_response({"success": True, "data": data})
+
+
+async def _accepted(request: web.Request, job: JobTicket, info: AudioInfo) -> dict[str, Any]:
+    settings = request.app[SETTINGS]
+    queue_slots = sum(int(node.get("slots", 0)) for node in await live_nodes(request.app[REDIS]))
+    parallel = max(1, min(job.chunks, queue_slots or 1))
+    estimate_s = info.duration_s * REAL_TIME_FACTOR / parallel + settings.queue.poll_s
+    return {
+        "success": True,
+        "data": {
+            "mode": Mode.ASYNC.value,
+            "jobId": job.job_id,
+            "status": "queued",
+            "chunks": job.chunks,
+            "duration": round(info.duration_s, 3),
+            "estimatedProcessingTime": round(estimate_s, 1),
+            "pollInterval": poll_interval_s(0.0),
+            "statusUrl": f"/api/transcribe/{job.job_id}",
+        },
+    }
+
+
+def poll_interval_s(age_s: float) -> int:
+    """As the seed's app expects: every 3 s for a job's first 30 s, then every 5 s."""
+    return 3 if age_s < 30 else 5
+
+
+async def job_status(request: web.Request) -> web.Response:
+    actors, bridge = request.app[ACTORS], request.app[BRIDGE]
+    job_id = request.match_info["job_id"]
+    if not JOB_ID.match(job_id):
+        raise errors.JobNotFound()
+    view: JobView | None = await bridge.ask(lambda: actors.ref(system.RESULT), GetJob(job_id))
+    if view is None:
+        raise errors.JobNotFound()
+    job = view.job
+    done, total = int(job.get("done", 0)), int(job.get("total", 0))
+    created_ms = int(job.get("created_at", 0))
+    age_s = max(0.0, time.time() - created_ms / 1000)
+    data: dict[str, Any] = {
+        "jobId": job_id,
+        "status": job.get("status"),
+        "progress": {"done": done, "total": total, "percent": round(100 * done / total, 1) if total else 0.0},
+        "duration": int(job.get("duration_ms", 0)) / 1000,
+        "filename": job.get("filename"),
+        "pollInterval": poll_interval_s(age_s),
+    }
+    if job.get("status") == "failed":
+        data["error"] = {"code": "JOB_FAILED", "message": job.get("reason", "")}
+    if view.result is not None:
+        finished_ms = int(job.get("finished_at", created_ms))
+        data.update(view.result)
+        data["processingTime"] = round((finished_ms - created_ms) / 1000, 3)
     return web.json_response({"success": True, "data": data})
 
 

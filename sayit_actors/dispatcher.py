@@ -1,24 +1,29 @@
-"""The Dispatcher: decides how an upload is transcribed and with which decoding settings.
+"""The Dispatcher: decides how an upload is transcribed, and splits long ones into queued chunks.
 
-Short uploads (≤ ``sync_max_duration_s`` and ≤ ``sync_max_bytes``) are transcribed at once
-on a local slot; longer ones will go to the chunk queue, which this node does not serve yet.
-Which slot runs a short upload is the SlotPool's choice (``sayit_actors.slots``): slots are
-leased by the caller so the Dispatcher's inbox never waits on a transcription.
+Short uploads (≤ ``sync_max_duration_s`` and ≤ ``sync_max_bytes``) are transcribed at once on
+a local slot; the SlotPool (``sayit_actors.slots``) leases that slot to the caller, so the
+Dispatcher's inbox never waits on a transcription. Long uploads, and short ones that find
+every slot busy (``Enqueue``), are decoded, cut into chunks of at most 30 s at quiet points
+(``sayit_actors.chunking``) and handed to the ResultActor, which stores the job and its tasks.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pykka
 
-from config import LanguageProfile, Limits
+from config import LanguageProfile, Limits, QueueSettings
+from sayit_actors import audio, chunking
 from sayit_actors.audio import AudioInfo
 from sayit_actors.engine import TranscriptionOptions
-from sayit_actors.errors import AsyncUnavailable, InvalidLanguage
+from sayit_actors.errors import InvalidLanguage
+from sayit_actors.result import CreateJob
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 
@@ -29,15 +34,31 @@ class Mode(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Dispatch:
+    path: Path
     size_bytes: int
     info: AudioInfo
     language: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """Queue an upload whatever its length (every sync slot is busy)."""
+
+    dispatch: Dispatch
+
+
+@dataclass(frozen=True)
+class JobTicket:
+    job_id: str
+    chunks: int
 
 
 @dataclass(frozen=True)
 class Plan:
     mode: Mode
     options: TranscriptionOptions
+    job: JobTicket | None = None
 
 
 class Dispatcher(SupervisedActor):
@@ -45,28 +66,43 @@ class Dispatcher(SupervisedActor):
         self,
         supervisor: pykka.ActorRef[Supervisor],
         name: str,
+        *,
         limits: Limits,
+        queue: QueueSettings,
         profiles: Mapping[str, LanguageProfile],
+        result: Callable[[], pykka.ActorRef[Any]],
     ) -> None:
         super().__init__(supervisor, name)
         self._limits = limits
+        self._queue = queue
         self._options = {lang: TranscriptionOptions.from_profile(p) for lang, p in profiles.items()}
+        self._result = result
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case Dispatch():
-                return self._dispatch(message)
+                options = self._options_for(message.language)
+                if self.mode_for(message.size_bytes, message.info.duration_s) is Mode.SYNC:
+                    return Plan(Mode.SYNC, options)
+                return self._enqueue(message, options)
+            case Enqueue(dispatch):
+                return self._enqueue(dispatch, self._options_for(dispatch.language))
         raise TypeError(f"unexpected message {message!r}")
 
     def mode_for(self, size_bytes: int, duration_s: float) -> Mode:
         short = duration_s <= self._limits.sync_max_duration_s and size_bytes <= self._limits.sync_max_bytes
         return Mode.SYNC if short else Mode.ASYNC
 
-    def _dispatch(self, msg: Dispatch) -> Plan:
-        options = self._options.get(msg.language)
+    def _options_for(self, language: str) -> TranscriptionOptions:
+        options = self._options.get(language)
         if options is None:
             raise InvalidLanguage()
-        mode = self.mode_for(msg.size_bytes, msg.info.duration_s)
-        if mode is Mode.ASYNC:
-            raise AsyncUnavailable(f"{msg.info.duration_s:.0f} s, {msg.size_bytes / 1e6:.1f} MB")
-        return Plan(mode, options)
+        return options
+
+    def _enqueue(self, msg: Dispatch, options: TranscriptionOptions) -> Plan:
+        samples = audio.decode(msg.path, msg.info.duration_s)
+        chunks = chunking.split(samples, self._queue.chunk_s)
+        job_id = uuid.uuid4().hex
+        create = CreateJob(job_id, msg.language, samples.shape[0] / audio.SAMPLE_RATE, chunks, msg.filename)
+        self._result().ask(create, timeout=60)
+        return Plan(Mode.ASYNC, options, JobTicket(job_id, len(chunks)))

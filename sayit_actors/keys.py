@@ -5,6 +5,16 @@ All keys start with ``sayit:``:
 | key | type | what | kept |
 |---|---|---|---|
 | ``sayit:stats:<YYYY-MM-DD>`` | hash | requests, successes, failures, processing_ms, audio_ms | 90 days |
+| ``sayit:chunks`` | stream | one entry per chunk task (job, index); consumer group ``workers`` | until acked |
+| ``sayit:chunks:dead`` | stream | tasks past the retry or stall limit, with the reason | ~10 000 newest |
+| ``sayit:chunks:retry`` | sorted set | tasks waiting out a retry backoff (score: due, ms) | until due |
+| ``sayit:queue:audio_ms`` | string | audio ms of chunks not yet transcribed (the budget) | always |
+| ``sayit:job:<id>`` | hash | status, language, total, done, durations, reason, times | 24 h after it ends |
+| ``sayit:job:<id>:audio:<n>`` | string | chunk n's audio, FLAC 16 kHz mono | until chunk n is done |
+| ``sayit:job:<id>:results`` | hash | chunk n → its transcript (JSON); a second write is ignored | 24 h after it ends |
+| ``sayit:job:<id>:attempts`` | hash | chunk n → failed attempts | 24 h after it ends |
+| ``sayit:job:<id>:result`` | string | the merged transcript (JSON) | 24 h |
+| ``sayit:node:<id>`` | string | a live queue node's heartbeat: id, role, slots, busy (JSON) | 3 heartbeats |
 """
 
 from __future__ import annotations
@@ -14,6 +24,37 @@ import datetime as dt
 PREFIX = "sayit:"
 STATS_TTL_S = 90 * 24 * 3600
 
+CHUNKS = f"{PREFIX}chunks"
+CHUNKS_GROUP = "workers"
+DEAD_LETTERS = f"{PREFIX}chunks:dead"
+RETRIES = f"{PREFIX}chunks:retry"
+QUEUED_AUDIO_MS = f"{PREFIX}queue:audio_ms"
+NODE_PATTERN = f"{PREFIX}node:*"
+
 
 def stats(day: dt.date) -> str:
     return f"{PREFIX}stats:{day.isoformat()}"
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def chunk_audio(job_id: str, index: int) -> str:
+    return f"{PREFIX}job:{job_id}:audio:{index}"
+
+
+def chunk_results(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:results"
+
+
+def chunk_attempts(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:attempts"
+
+
+def job_result(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:result"
+
+
+def node(node_id: str) -> str:
+    return f"{PREFIX}node:{node_id}"

@@ -1,19 +1,28 @@
-"""The ResultActor: every write SayIt makes to Redis goes through here (today: the daily stats)."""
+"""The ResultActor: every write of job state, chunk results, final results and stats.
+
+A write that meets a Redis outage is retried with backoff (the actor re-sends itself the
+message after a delay), so a chunk that was transcribed is not lost when Redis restarts.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 import redis
 
+from config import QueueSettings
 from sayit_actors import keys
+from sayit_actors.chunking import Chunk
+from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 log = logging.getLogger(__name__)
+MAX_WRITE_RETRY_DELAY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,35 @@ class RecordRequest:
 @dataclass(frozen=True)
 class GetStats:
     day: dt.date | None = None
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    job_id: str
+    language: str
+    duration_s: float
+    chunks: list[Chunk]
+    filename: str
+
+
+@dataclass(frozen=True)
+class GetJob:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class RecordChunk:
+    delivery: Delivery
+    result: dict[str, Any]
+    tries: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    delivery: Delivery
+    reason: str
+    dead: bool = False  # True: no retry (the task stalled past its limit)
+    tries: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,20 +95,29 @@ class DailyStats:
         }
 
 
+@dataclass(frozen=True)
+class JobView:
+    job: dict[str, str]
+    result: dict[str, Any] | None
+
+
 def _today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
 class ResultActor(SupervisedActor):
-    def __init__(self, supervisor: pykka.ActorRef[Supervisor], name: str, redis_url: str) -> None:
+    def __init__(self, supervisor: pykka.ActorRef[Supervisor], name: str, redis_url: str, queue: QueueSettings) -> None:
         super().__init__(supervisor, name)
         self._redis_url = redis_url
+        self._queue = queue
         self._redis: redis.Redis | None = None
+        self._store: JobStore | None = None
 
     def on_start(self) -> None:
         self._redis = redis.Redis.from_url(
             self._redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
         )
+        self._store = JobStore(self._redis, self._queue)
 
     def on_stop(self) -> None:
         if self._redis is not None:
@@ -79,20 +126,60 @@ class ResultActor(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case RecordRequest():
-                return self._record(message)
+                return self._record_request(message)
             case GetStats(day):
                 return self._stats(day or _today())
+            case CreateJob(job_id, language, duration_s, chunks, filename):
+                return self.store.create(job_id, language, duration_s, chunks, filename)
+            case GetJob(job_id):
+                return self._get_job(job_id)
+            case RecordChunk() | ChunkFailure():
+                return self._with_retry(message)
         raise TypeError(f"unexpected message {message!r}")
 
     @property
-    def _client(self) -> redis.Redis:
-        assert self._redis is not None, "ResultActor used before on_start"
-        return self._redis
+    def store(self) -> JobStore:
+        assert self._store is not None, "ResultActor used before on_start"
+        return self._store
 
-    def _record(self, msg: RecordRequest) -> None:
+    def _with_retry(self, msg: RecordChunk | ChunkFailure) -> None:
+        try:
+            if isinstance(msg, RecordChunk):
+                self._record_chunk(msg)
+            elif msg.dead:
+                self.store.fail(msg.delivery, msg.reason)
+            else:
+                self.store.retry_or_fail(msg.delivery, msg.reason)
+        except redis.RedisError as exc:
+            delay = min(MAX_WRITE_RETRY_DELAY_S, 0.5 * 2**msg.tries)
+            log.warning("Redis write for job %s failed (%s): retrying in %.1f s", msg.delivery.task.job_id, exc, delay)
+            retry = type(msg)(**{**msg.__dict__, "tries": msg.tries + 1})
+            timer = threading.Timer(delay, _tell_quietly, [self.actor_ref, retry])
+            timer.daemon = True
+            timer.start()
+
+    def _record_chunk(self, msg: RecordChunk) -> None:
+        added, done, total = self.store.record_chunk(msg.delivery, msg.result)
+        if added and done == total:
+            self.store.finish(msg.delivery.task.job_id)
+
+    def _get_job(self, job_id: str) -> JobView | None:
+        job = self.store.get(job_id)
+        if job is None:
+            return None
+        result = None
+        if job.get("status") == "completed":
+            result = self.store.result(job_id)
+        elif job.get("status") == "processing" and job.get("done") == job.get("total"):
+            result = self.store.finish(job_id)  # the last writer died before merging: merge now
+            job = self.store.get(job_id) or job
+        return JobView(job, result)
+
+    def _record_request(self, msg: RecordRequest) -> None:
+        assert self._redis is not None
         key = keys.stats(_today())
         try:
-            with self._client.pipeline(transaction=True) as pipe:
+            with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hincrby(key, "requests", 1)
                 pipe.hincrby(key, "successes" if msg.success else "failures", 1)
                 pipe.hincrby(key, "processing_ms", round(msg.processing_s * 1000))
@@ -104,7 +191,8 @@ class ResultActor(SupervisedActor):
             log.warning("could not record request stats: %s", exc)
 
     def _stats(self, day: dt.date) -> DailyStats:
-        raw: dict[bytes, bytes] = self._client.hgetall(keys.stats(day))  # type: ignore[assignment]
+        assert self._redis is not None
+        raw: dict[bytes, bytes] = self._redis.hgetall(keys.stats(day))  # type: ignore[assignment]
         value = {k.decode(): int(v) for k, v in raw.items()}
         return DailyStats(
             day=day.isoformat(),
@@ -114,3 +202,10 @@ class ResultActor(SupervisedActor):
             processing_s=value.get("processing_ms", 0) / 1000,
             audio_s=value.get("audio_ms", 0) / 1000,
         )
+
+
+def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        log.warning("dropped a retried %s: the ResultActor stopped", type(message).__name__)

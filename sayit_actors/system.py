@@ -1,15 +1,24 @@
-"""The actor system of one node: the Supervisor and the children it starts, by name."""
+"""The actor system of one node: the Supervisor and the children its role needs, by name.
+
+| role | children |
+|---|---|
+| ``all`` | Result, Upload, DurationProbe, Dispatcher, the slots, QueueConsumer |
+| ``api_only`` | Result, Upload, DurationProbe, Dispatcher, the slots (short uploads only) |
+| ``queue_only`` | Result, the slots, QueueConsumer |
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, cast
 
 import pykka
 
-from config import Settings
+from config import Settings, WorkerMode
+from sayit_actors.consumer import Drain, HandBack, QueueConsumer
 from sayit_actors.dispatcher import Dispatcher
-from sayit_actors.engine import Engine
+from sayit_actors.engine import Engine, TranscriptionOptions
 from sayit_actors.metrics import Metrics
 from sayit_actors.probe import DurationProbe
 from sayit_actors.result import ResultActor
@@ -24,6 +33,7 @@ UPLOAD = "upload"
 PROBE = "duration-probe"
 DISPATCHER = "dispatcher"
 RESULT = "result"
+CONSUMER = "queue-consumer"
 
 
 def slot_name(index: int) -> str:
@@ -38,18 +48,48 @@ class ActorSystem:
         self.directory = Directory()
         slots = [slot_name(i) for i in range(settings.max_concurrent_chunks)]
         self.slots = SlotPool(slots, metrics)
-        limits = settings.limits
-        specs = [
-            ChildSpec(RESULT, "ResultActor", lambda sup, name: ResultActor.start(sup, name, redis_url)),
-            ChildSpec(UPLOAD, "UploadActor", lambda sup, name: UploadActor.start(sup, name, settings.upload_dir)),
-            ChildSpec(PROBE, "DurationProbe", lambda sup, name: DurationProbe.start(sup, name)),
-            ChildSpec(
-                DISPATCHER,
-                "Dispatcher",
-                lambda sup, name: Dispatcher.start(sup, name, limits, settings.profiles),
-            ),
-            *(ChildSpec(s, "WhisperActor", lambda sup, name: WhisperActor.start(sup, name, engine)) for s in slots),
-        ]
+        mode, limits, queue = settings.worker_mode, settings.limits, settings.queue
+        self.serves_uploads = mode is not WorkerMode.QUEUE_ONLY
+        self.consumes_queue = mode is not WorkerMode.API_ONLY
+        specs = [ChildSpec(RESULT, "ResultActor", lambda sup, name: ResultActor.start(sup, name, redis_url, queue))]
+        if self.serves_uploads:
+            specs += [
+                ChildSpec(UPLOAD, "UploadActor", lambda sup, name: UploadActor.start(sup, name, settings.upload_dir)),
+                ChildSpec(PROBE, "DurationProbe", lambda sup, name: DurationProbe.start(sup, name)),
+                ChildSpec(
+                    DISPATCHER,
+                    "Dispatcher",
+                    lambda sup, name: Dispatcher.start(
+                        sup,
+                        name,
+                        limits=limits,
+                        queue=queue,
+                        profiles=settings.profiles,
+                        result=lambda: self.directory.get(RESULT),
+                    ),
+                ),
+            ]
+        specs += [ChildSpec(s, "WhisperActor", lambda sup, name: WhisperActor.start(sup, name, engine)) for s in slots]
+        if self.consumes_queue:
+            options = {lang: TranscriptionOptions.from_profile(p) for lang, p in settings.profiles.items()}
+            node = {"id": settings.worker_id, "role": mode.value, "slots": len(slots)}
+            specs.append(
+                ChildSpec(
+                    CONSUMER,
+                    "QueueConsumer",
+                    lambda sup, name: QueueConsumer.start(
+                        sup,
+                        name,
+                        redis_url=redis_url,
+                        queue=queue,
+                        slots=self.slots,
+                        lookup=self.directory.get,
+                        options=options,
+                        node=node,
+                        result_name=RESULT,
+                    ),
+                )
+            )
         self.supervisor: pykka.ActorRef[Supervisor] = Supervisor.start(
             specs, self.directory, metrics, limits.max_restarts, limits.restart_window_s
         )
@@ -57,6 +97,22 @@ class ActorSystem:
     def start(self) -> ActorSystem:
         self.supervisor.ask(StartAll(), timeout=30)
         return self
+
+    def drain(self, timeout_s: float) -> int:
+        """Stop taking chunk tasks, wait for running ones, hand back the rest; returns how many."""
+        if not self.consumes_queue:
+            return 0
+        try:
+            consumer = self.directory.get(CONSUMER)
+            deadline = time.monotonic() + timeout_s
+            while consumer.ask(Drain(), timeout=10) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            handed = cast(int, consumer.ask(HandBack(), timeout=10))
+        except (pykka.ActorDeadError, pykka.Timeout):
+            return 0
+        if handed:
+            log.warning("drain timeout: handed %d running chunks back to the queue", handed)
+        return handed
 
     def stop(self) -> None:
         if self.supervisor.is_alive():

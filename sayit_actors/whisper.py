@@ -4,6 +4,9 @@ Decoding happens here too, so the CPU work of a request is bounded by the slot c
 engine error is answered to the caller and then crashes the actor, so the Supervisor replaces
 the slot instead of leaving it in whatever state the engine failed in. Bad audio is not an
 engine error: it is answered as UNDECODABLE_AUDIO and the slot carries on.
+
+Short uploads are asked for (``Transcribe``); queued chunks are told (``TranscribeChunk``) and
+answered with a message to the QueueConsumer, which never waits on a slot.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pykka
 
 from sayit_actors import audio
+from sayit_actors.chunking import from_flac
 from sayit_actors.engine import Engine, Transcript, TranscriptionOptions
 from sayit_actors.errors import EngineFailure
+from sayit_actors.jobstore import Delivery
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,29 @@ class Transcribed:
 
 
 @dataclass(frozen=True)
+class TranscribeChunk:
+    delivery: Delivery
+    flac: bytes
+    options: TranscriptionOptions
+    reply_to: pykka.ActorRef[Any]
+
+
+@dataclass(frozen=True)
+class ChunkTranscribed:
+    delivery: Delivery
+    slot: str
+    result: dict[str, Any]
+    engine_s: float
+
+
+@dataclass(frozen=True)
+class ChunkFailed:
+    delivery: Delivery
+    slot: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class _EngineBroke:
     error: str
 
@@ -54,18 +83,41 @@ class WhisperActor(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case Transcribe():
-                return self._transcribe(message)
+                samples = audio.decode(message.path, message.expected_duration_s)
+                return self._run(samples, message.options)
+            case TranscribeChunk():
+                return self._chunk(message)
             case _EngineBroke(error):
                 raise EngineBroke(error)
         raise TypeError(f"unexpected message {message!r}")
 
-    def _transcribe(self, msg: Transcribe) -> Transcribed:
-        samples = audio.decode(msg.path, msg.expected_duration_s)
+    def _run(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcribed:
         started = time.perf_counter()
         try:
-            transcript = self._engine.transcribe(samples, msg.options)
+            transcript = self._engine.transcribe(samples, options)
         except Exception as exc:
             log.exception("engine failed in %s", self.name)
             self.actor_ref.tell(_EngineBroke(repr(exc)))
             raise EngineFailure() from exc
         return Transcribed(transcript, time.perf_counter() - started)
+
+    def _chunk(self, msg: TranscribeChunk) -> None:
+        try:
+            samples = from_flac(msg.flac)
+        except Exception as exc:  # corrupt chunk audio: the queue retries, then dead-letters it
+            msg.reply_to.tell(ChunkFailed(msg.delivery, self.name, f"undecodable chunk audio ({exc})"))
+            return
+        try:
+            done = self._run(samples, msg.options)
+        except EngineFailure:
+            msg.reply_to.tell(ChunkFailed(msg.delivery, self.name, "engine failure"))
+            return
+        t = done.transcript
+        result = {
+            "start_s": msg.delivery.task.start_ms / 1000,
+            "duration_s": msg.delivery.task.duration_ms / 1000,
+            "text": t.text,
+            "language": t.language,
+            "segments": [[s.start, s.end, s.text] for s in t.segments],
+        }
+        msg.reply_to.tell(ChunkTranscribed(msg.delivery, self.name, result, done.engine_s))

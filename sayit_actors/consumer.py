@@ -1,0 +1,266 @@
+"""The QueueConsumer: takes chunk tasks from the stream only while a local slot is free.
+
+It never blocks its inbox for long: each step is a ``Poll`` message it sends itself, and a
+blocking stream read waits at most ``poll_s``. Per step it
+- publishes this node's heartbeat (id, role, slots);
+- moves retries whose backoff is over back into the stream;
+- renews the lease of every chunk its slots are working on (XCLAIM JUSTID resets the idle
+  time without counting a delivery), and notices a slot that died mid-chunk;
+- reclaims tasks idle longer than the stall interval (a node died holding them): a task that
+  already stalled ``max_stalls`` times is dead-lettered instead;
+- reads new tasks, at most one per free slot.
+
+Results and failures go to the ResultActor; on SIGTERM the node drains: it stops taking tasks,
+lets running chunks finish within the drain timeout, and hands back the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import redis
+
+from config import QueueSettings
+from sayit_actors.engine import TranscriptionOptions
+from sayit_actors.jobstore import Delivery, JobStore
+from sayit_actors.result import ChunkFailure, RecordChunk
+from sayit_actors.slots import SlotPool
+from sayit_actors.supervisor import SupervisedActor, Supervisor
+from sayit_actors.whisper import ChunkFailed, ChunkTranscribed, TranscribeChunk
+
+log = logging.getLogger(__name__)
+REDIS_DOWN_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Poll:
+    pass
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Stop taking tasks; answers how many chunks are still running."""
+
+
+@dataclass(frozen=True)
+class HandBack:
+    """Put every chunk still running back in the stream; answers how many."""
+
+
+@dataclass
+class _Running:
+    delivery: Delivery
+    slot: str
+    ref: pykka.ActorRef[Any]
+    renewed_at: float
+
+
+class QueueConsumer(SupervisedActor):
+    def __init__(
+        self,
+        supervisor: pykka.ActorRef[Supervisor],
+        name: str,
+        *,
+        redis_url: str,
+        queue: QueueSettings,
+        slots: SlotPool,
+        lookup: Callable[[str], pykka.ActorRef[Any]],
+        options: Mapping[str, TranscriptionOptions],
+        node: dict[str, Any],
+        result_name: str,
+    ) -> None:
+        super().__init__(supervisor, name)
+        self._redis_url = redis_url
+        self._q = queue
+        self._slots = slots
+        self._lookup = lookup
+        self._options = options
+        self._node = node
+        self._result_name = result_name
+        self._consumer = str(node["id"])
+        self._running: dict[str, _Running] = {}
+        self._draining = False
+        self._heartbeat_at = 0.0
+        self._redis: redis.Redis | None = None
+        self._store: JobStore | None = None
+        self._redis_ok = True
+
+    def on_start(self) -> None:
+        self._redis = redis.Redis.from_url(self._redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self._store = JobStore(self._redis, self._q)
+        self.actor_ref.tell(Poll())
+
+    def on_stop(self) -> None:
+        for running in self._running.values():
+            self._slots.release(running.slot)
+        if self._redis is not None:
+            self._redis.close()
+
+    @property
+    def store(self) -> JobStore:
+        assert self._store is not None
+        return self._store
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Poll():
+                self._poll()
+                return None
+            case ChunkTranscribed(delivery, slot, result, _):
+                self._finished(delivery, slot)
+                self._tell_result(RecordChunk(delivery, result))
+                return None
+            case ChunkFailed(delivery, slot, reason):
+                self._finished(delivery, slot)
+                self._tell_result(ChunkFailure(delivery, reason))
+                return None
+            case Drain():
+                self._draining = True
+                return len(self._running)
+            case HandBack():
+                return self._hand_back()
+        raise TypeError(f"unexpected message {message!r}")
+
+    # --- one step ------------------------------------------------------------------------------
+    def _poll(self) -> None:
+        took = 0
+        try:
+            self._heartbeat()
+            self.store.move_due_retries()
+            self._renew()
+            if not self._draining:
+                took = self._take_work()
+            if not self._redis_ok:
+                log.info("Redis answers again: the queue consumer resumes")
+            self._redis_ok = True
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.store.ensure_group()  # a new (or emptied) Redis: create the stream and its group
+            self._schedule_poll(0)
+            return
+        except redis.RedisError as exc:
+            if self._redis_ok:
+                log.warning("queue consumer cannot reach Redis (%s): retrying every %.0f s", exc, REDIS_DOWN_RETRY_S)
+            self._redis_ok = False
+            self._schedule_poll(REDIS_DOWN_RETRY_S)
+            return
+        self._schedule_poll(0 if took else (self._q.poll_s if self._free_slots() == 0 or self._draining else 0))
+
+    def _schedule_poll(self, delay_s: float) -> None:
+        if delay_s <= 0:
+            self.actor_ref.tell(Poll())
+            return
+        timer = threading.Timer(delay_s, _tell_if_alive, [self.actor_ref, Poll()])
+        timer.daemon = True
+        timer.start()
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._heartbeat_at >= self._q.heartbeat_s:
+            self.store.heartbeat(self._consumer, {**self._node, "busy": len(self._running)})
+            self._heartbeat_at = now
+
+    def _renew(self) -> None:
+        now = time.monotonic()
+        due = []
+        for entry_id, running in list(self._running.items()):
+            if not running.ref.is_alive():  # the slot crashed mid-chunk: it will never answer
+                self._finished(running.delivery, running.slot)
+                self._tell_result(ChunkFailure(running.delivery, "the transcription slot crashed"))
+            elif now - running.renewed_at >= self._q.stall_interval_s / 3:
+                due.append(entry_id)
+                running.renewed_at = now
+        self.store.renew(self._consumer, due)
+
+    def _free_slots(self) -> int:
+        return self._slots.capacity - self._slots.busy
+
+    def _take_work(self) -> int:
+        free = self._free_slots()
+        if free <= 0:
+            return 0
+        deliveries = self._reclaim_stalled(free)
+        if not deliveries:
+            block_ms = round(self._q.poll_s * 1000)
+            deliveries = self.store.read_new(self._consumer, free, block_ms)
+        for delivery in deliveries:
+            self._start(delivery)
+        return len(deliveries)
+
+    def _reclaim_stalled(self, count: int) -> list[Delivery]:
+        stall_ms = round(self._q.stall_interval_s * 1000)
+        claimable = []
+        for entry_id, deliveries in self.store.stalled(stall_ms, count):
+            if entry_id in self._running:
+                continue
+            if deliveries > self._q.max_stalls:
+                delivery = self.store.entry(entry_id)
+                if delivery is not None:
+                    reason = f"chunk {delivery.task.index} stalled {deliveries} times (a worker died holding it)"
+                    self._tell_result(ChunkFailure(delivery, reason, dead=True))
+                continue
+            claimable.append(entry_id)
+        claimed = self.store.claim(self._consumer, claimable, stall_ms)
+        for delivery in claimed:
+            log.warning("reclaimed stalled chunk %d of job %s", delivery.task.index, delivery.task.job_id)
+        return claimed
+
+    def _start(self, delivery: Delivery) -> None:
+        task = delivery.task
+        if self.store.job_status(task.job_id) in (None, "failed", "completed"):
+            self._tell_result(RecordChunk(delivery, {}))  # acks it; a settled job records nothing
+            return
+        slot = self._slots.acquire(0)
+        if slot is None:  # a short upload took the slot meanwhile
+            self.store.hand_back(delivery)
+            return
+        flac = self.store.chunk_audio(task)
+        if flac is None:
+            self._slots.release(slot)
+            self._tell_result(ChunkFailure(delivery, f"chunk {task.index} audio is missing"))
+            return
+        options = self._options.get(task.language) or self._options["auto"]
+        try:
+            ref = self._lookup(slot)
+            ref.tell(TranscribeChunk(delivery, flac, options, self.actor_ref))
+        except pykka.ActorDeadError:
+            self._slots.release(slot)
+            self.store.hand_back(delivery)
+            return
+        self._running[delivery.entry_id] = _Running(delivery, slot, ref, time.monotonic())
+
+    def _finished(self, delivery: Delivery, slot: str) -> None:
+        if self._running.pop(delivery.entry_id, None) is not None:
+            self._slots.release(slot)
+
+    def _hand_back(self) -> int:
+        handed = 0
+        for running in list(self._running.values()):
+            try:
+                self.store.hand_back(running.delivery)
+                handed += 1
+            except redis.RedisError as exc:
+                log.warning("could not hand back chunk %s: %s (it will be reclaimed)", running.delivery.entry_id, exc)
+        self._running.clear()
+        with contextlib.suppress(redis.RedisError):
+            self.store.forget_node(self._consumer)
+        return handed
+
+    def _tell_result(self, message: object) -> None:
+        try:
+            self._lookup(self._result_name).tell(message)
+        except pykka.ActorDeadError:
+            log.warning("ResultActor is restarting: %s left pending, it will be redelivered", type(message).__name__)
+
+
+def _tell_if_alive(ref: pykka.ActorRef[Any], message: object) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)

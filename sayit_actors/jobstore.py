@@ -1,0 +1,316 @@
+"""Jobs, chunk tasks and results in Redis: every multi-key change is one atomic script.
+
+Used by the ResultActor (job state and results) and the QueueConsumer (claiming tasks); the
+actors own when and why, this module owns how. Guarantees:
+- a job and its tasks appear together or not at all (``create``);
+- recording a chunk result twice changes nothing (``record_chunk``: HSETNX);
+- a task leaves the stream's pending list only together with its result, its retry entry or
+  its dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from config import QueueSettings
+from sayit_actors import keys
+from sayit_actors.chunking import Chunk, to_flac
+from sayit_actors.errors import QueueFull
+
+DEAD_LETTER_MAXLEN = 10_000
+PENDING_AUDIO_TTL_S = 3600  # audio written before its job exists expires if the job never does
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Task:
+    job_id: str
+    index: int
+    start_ms: int
+    duration_ms: int
+    language: str
+    attempt: int = 1
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "job": self.job_id, "index": str(self.index), "start_ms": str(self.start_ms),
+            "duration_ms": str(self.duration_ms), "language": self.language, "attempt": str(self.attempt),
+        }  # fmt: skip
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes]) -> Task:
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(f["job"], int(f["index"]), int(f["start_ms"]), int(f["duration_ms"]), f["language"],
+                   int(f.get("attempt", "1")))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Delivery:
+    entry_id: str
+    task: Task
+
+
+_CREATE = """
+-- KEYS: queued_ms, job, stream, audio keys...   ARGV: budget_ms, job_ms, job fields (json), tasks (json)
+local queued = tonumber(redis.call('GET', KEYS[1]) or '0')
+if queued + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
+  for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+  return 0
+end
+local fields = cjson.decode(ARGV[3])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
+for i = 4, #KEYS do redis.call('PERSIST', KEYS[i]) end
+for _, task in ipairs(cjson.decode(ARGV[4])) do
+  local args = {}
+  for k, v in pairs(task) do table.insert(args, k); table.insert(args, v) end
+  redis.call('XADD', KEYS[3], '*', unpack(args))
+end
+redis.call('INCRBY', KEYS[1], ARGV[2])
+return 1
+"""
+
+_RECORD = """
+-- KEYS: job, results, audio, stream, queued_ms   ARGV: group, entry, index, result, duration_ms, now
+redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'failed' or status == 'completed' then return {0, 0, 0} end
+local added = redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4])
+if added == 1 then
+  redis.call('DEL', KEYS[3])
+  redis.call('HINCRBY', KEYS[1], 'done', 1)
+  redis.call('HINCRBY', KEYS[1], 'queued_ms', -tonumber(ARGV[5]))
+  redis.call('DECRBY', KEYS[5], ARGV[5])
+  if status == 'queued' then
+    redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[6])
+  end
+end
+return {added, tonumber(redis.call('HGET', KEYS[1], 'done')), tonumber(redis.call('HGET', KEYS[1], 'total'))}
+"""
+
+_FAIL = """
+-- KEYS: job, stream, dead, queued_ms, results, attempts, result   ARGV: group, entry, reason, task (json),
+--       now, ttl, audio key prefix
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', 'task', ARGV[4], 'reason', ARGV[3], 'at', ARGV[5])
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'failed' or status == 'completed' then return 0 end
+local remaining = tonumber(redis.call('HGET', KEYS[1], 'queued_ms') or '0')
+redis.call('DECRBY', KEYS[4], remaining)
+redis.call('HSET', KEYS[1], 'status', 'failed', 'reason', ARGV[3], 'finished_at', ARGV[5], 'queued_ms', 0)
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+for i = 0, total - 1 do redis.call('DEL', ARGV[7] .. i) end
+for i = 1, #KEYS do
+  if i == 1 or i >= 5 then redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+end
+return 1
+"""
+
+_MOVE_DUE = """
+-- KEYS: retries, stream   ARGV: now
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, member in ipairs(due) do
+  local task = cjson.decode(member)
+  local args = {}
+  for k, v in pairs(task) do table.insert(args, k); table.insert(args, v) end
+  redis.call('XADD', KEYS[2], '*', unpack(args))
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, queue: QueueSettings) -> None:
+        # redis-py types each reply as a union of its sync and async forms: read them as Any.
+        self.r: Any = client
+        self.q = queue
+        self._create = client.register_script(_CREATE)
+        self._record = client.register_script(_RECORD)
+        self._fail = client.register_script(_FAIL)
+        self._move_due = client.register_script(_MOVE_DUE)
+
+    # --- jobs --------------------------------------------------------------------------------
+    def create(self, job_id: str, language: str, duration_s: float, chunks: list[Chunk], filename: str) -> None:
+        """Store the chunks' audio, the job and its tasks; raises QueueFull over the audio budget."""
+        audio_keys = [keys.chunk_audio(job_id, c.index) for c in chunks]
+        with self.r.pipeline(transaction=False) as pipe:
+            for key, chunk in zip(audio_keys, chunks, strict=True):
+                pipe.set(key, to_flac(chunk.samples), ex=PENDING_AUDIO_TTL_S)
+            pipe.execute()
+        tasks = [
+            Task(job_id, c.index, round(c.start_s * 1000), round(c.duration_s * 1000), language).fields()
+            for c in chunks
+        ]
+        job_ms = sum(int(t["duration_ms"]) for t in tasks)
+        fields = {
+            "status": "queued", "language": language, "duration_ms": round(duration_s * 1000),
+            "total": len(chunks), "done": 0, "queued_ms": job_ms, "created_at": now_ms(), "filename": filename,
+        }  # fmt: skip
+        created = self._create(
+            keys=[keys.QUEUED_AUDIO_MS, keys.job(job_id), keys.CHUNKS, *audio_keys],
+            args=[round(self.q.max_queued_audio_s * 1000), job_ms, json.dumps(fields), json.dumps(tasks)],
+        )
+        if not created:
+            raise QueueFull(retry_after_s=max(5, round(self.q.stall_interval_s)))
+
+    def get(self, job_id: str) -> dict[str, str] | None:
+        raw: dict[bytes, bytes] = self.r.hgetall(keys.job(job_id))
+        return {k.decode(): v.decode() for k, v in raw.items()} or None
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.r.get(keys.job_result(job_id))
+        return json.loads(raw) if raw else None
+
+    def queued_audio_s(self) -> float:
+        return int(self.r.get(keys.QUEUED_AUDIO_MS) or 0) / 1000
+
+    # --- chunk outcomes ----------------------------------------------------------------------
+    def record_chunk(self, delivery: Delivery, result: dict[str, Any]) -> tuple[bool, int, int]:
+        """(newly recorded, chunks done, chunks in all); acks the task in the same step."""
+        task = delivery.task
+        added, done, total = self._record(
+            keys=[keys.job(task.job_id), keys.chunk_results(task.job_id), keys.chunk_audio(task.job_id, task.index),
+                  keys.CHUNKS, keys.QUEUED_AUDIO_MS],
+            args=[keys.CHUNKS_GROUP, delivery.entry_id, task.index, json.dumps(result), task.duration_ms, now_ms()],
+        )  # fmt: skip
+        return bool(added), int(done), int(total)
+
+    def retry_or_fail(self, delivery: Delivery, reason: str) -> bool:
+        """Schedule another attempt after a backoff; past the limit, fail the job. True if retried."""
+        task = delivery.task
+        attempts = int(self.r.hincrby(keys.chunk_attempts(task.job_id), str(task.index), 1))
+        if attempts >= self.q.max_attempts:
+            self.fail(delivery, f"chunk {task.index} failed {attempts} times: {reason}")
+            return False
+        backoff_s = self.q.retry_backoff_s * 2 ** (attempts - 1)
+        retry = Task(task.job_id, task.index, task.start_ms, task.duration_ms, task.language, task.attempt + 1)
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.zadd(keys.RETRIES, {json.dumps(retry.fields()): now_ms() + backoff_s * 1000})
+            pipe.xack(keys.CHUNKS, keys.CHUNKS_GROUP, delivery.entry_id)
+            pipe.execute()
+        return True
+
+    def fail(self, delivery: Delivery, reason: str) -> None:
+        """Dead-letter the task and fail its job with ``reason``."""
+        job_id = delivery.task.job_id
+        self._fail(
+            keys=[keys.job(job_id), keys.CHUNKS, keys.DEAD_LETTERS, keys.QUEUED_AUDIO_MS,
+                  keys.chunk_results(job_id), keys.chunk_attempts(job_id), keys.job_result(job_id)],
+            args=[keys.CHUNKS_GROUP, delivery.entry_id, reason, json.dumps(delivery.task.fields()), now_ms(),
+                  self.q.result_ttl_s, keys.chunk_audio(job_id, 0)[:-1]],
+        )  # fmt: skip
+
+    def finish(self, job_id: str) -> dict[str, Any] | None:
+        """Merge the chunk results into the job's result (idempotent); None if chunks are missing."""
+        job = self.get(job_id)
+        if job is None or job.get("status") == "failed":
+            return None
+        raw: dict[bytes, bytes] = self.r.hgetall(keys.chunk_results(job_id))
+        if len(raw) < int(job["total"]):
+            return None
+        chunks = [json.loads(raw[k]) for k in sorted(raw, key=lambda k: int(k))]
+        result = merge(chunks)
+        ttl = self.q.result_ttl_s
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.set(keys.job_result(job_id), json.dumps(result), ex=ttl)
+            pipe.hset(keys.job(job_id), mapping={"status": "completed", "finished_at": now_ms()})
+            for key in (keys.job(job_id), keys.chunk_results(job_id), keys.chunk_attempts(job_id)):
+                pipe.expire(key, ttl)
+            pipe.execute()
+        return result
+
+    # --- the stream ----------------------------------------------------------------------------
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(keys.CHUNKS, keys.CHUNKS_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_new(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
+        reply = self.r.xreadgroup(keys.CHUNKS_GROUP, consumer, {keys.CHUNKS: ">"}, count=count, block=block_ms)
+        return [Delivery(eid.decode(), Task.from_fields(f)) for _, entries in reply or [] for eid, f in entries if f]
+
+    def stalled(self, min_idle_ms: int, count: int) -> list[tuple[str, int]]:
+        """(entry id, deliveries so far) of tasks nobody has renewed for ``min_idle_ms``."""
+        rows = self.r.xpending_range(keys.CHUNKS, keys.CHUNKS_GROUP, "-", "+", count, idle=min_idle_ms)
+        return [(row["message_id"].decode(), int(row["times_delivered"])) for row in rows]
+
+    def claim(self, consumer: str, entry_ids: list[str], min_idle_ms: int) -> list[Delivery]:
+        if not entry_ids:
+            return []
+        claimed = self.r.xclaim(keys.CHUNKS, keys.CHUNKS_GROUP, consumer, min_idle_ms, entry_ids)
+        return [Delivery(eid.decode(), Task.from_fields(f)) for eid, f in claimed if f]
+
+    def entry(self, entry_id: str) -> Delivery | None:
+        rows = self.r.xrange(keys.CHUNKS, entry_id, entry_id)
+        return Delivery(entry_id, Task.from_fields(rows[0][1])) if rows else None
+
+    def renew(self, consumer: str, entry_ids: list[str]) -> None:
+        """Reset the idle time of tasks this consumer is working on (JUSTID: no delivery counted)."""
+        if entry_ids:
+            self.r.xclaim(keys.CHUNKS, keys.CHUNKS_GROUP, consumer, 0, entry_ids, justid=True)
+
+    def hand_back(self, delivery: Delivery) -> None:
+        """Put an unfinished task back at the end of the stream without counting a stall."""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.xadd(keys.CHUNKS, delivery.task.fields())
+            pipe.xack(keys.CHUNKS, keys.CHUNKS_GROUP, delivery.entry_id)
+            pipe.execute()
+
+    def move_due_retries(self) -> int:
+        return int(self._move_due(keys=[keys.RETRIES, keys.CHUNKS], args=[now_ms()]))
+
+    def chunk_audio(self, task: Task) -> bytes | None:
+        data = self.r.get(keys.chunk_audio(task.job_id, task.index))
+        return data
+
+    def job_status(self, job_id: str) -> str | None:
+        status = self.r.hget(keys.job(job_id), "status")
+        return status.decode() if status else None
+
+    def queue_depth(self) -> dict[str, int]:
+        groups = self.r.xinfo_groups(keys.CHUNKS)
+        group = next((g for g in groups if g["name"].decode() == keys.CHUNKS_GROUP), None)
+        pending = int(group["pending"]) if group else 0
+        lag = int(group.get("lag") or 0) if group else 0
+        return {"waiting": lag + int(self.r.zcard(keys.RETRIES)), "inProgress": pending,
+                "deadLettered": int(self.r.xlen(keys.DEAD_LETTERS))}  # fmt: skip
+
+    # --- nodes -------------------------------------------------------------------------------
+    def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:
+        self.r.set(keys.node(node_id), json.dumps({**info, "at": now_ms()}), px=round(self.q.heartbeat_s * 3000))
+
+    def forget_node(self, node_id: str) -> None:
+        self.r.delete(keys.node(node_id))
+
+
+def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One transcript from chunk results in order: segments shifted by each chunk's start."""
+    segments: list[dict[str, Any]] = []
+    texts: list[str] = []
+    seconds_by_language: Counter[str] = Counter()
+    for chunk in chunks:
+        offset = chunk["start_s"]
+        for start, end, text in chunk["segments"]:
+            segments.append({"start": round(start + offset, 3), "end": round(end + offset, 3), "text": text,
+                             "language": chunk["language"]})  # fmt: skip
+        if chunk["text"]:
+            texts.append(chunk["text"])
+        seconds_by_language[chunk["language"]] += chunk["duration_s"]
+    languages = [lang for lang, _ in seconds_by_language.most_common()]
+    return {
+        "transcription": " ".join(texts),
+        "language": languages[0] if languages else "",
+        "languages": languages,
+        "segments": segments,
+    }
