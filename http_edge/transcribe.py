@@ -93,11 +93,16 @@ async def transcribe(request: web.Request) -> web.Response:
             dispatch = Dispatch(upload.path, upload.size_bytes, info, language, upload.filename)
             plan: Plan = await bridge.ask(lambda: actors.ref(system.DISPATCHER), dispatch, timeout_s=QUEUE_TIMEOUT_S)
             if plan.mode is Mode.SYNC:
-                slot = await bridge.lease(actors.slots, settings.limits.slot_wait_s)
-                if slot is None:  # every slot is busy: the queue takes it instead of a 503
+                # Every slot busy: a queue that has workers takes the upload at once (202);
+                # without one, wait a bounded time for a slot, then 503.
+                queued = await _queue_has_workers(request)
+                slot = await bridge.lease(actors.slots, 0.0 if queued else settings.limits.slot_wait_s)
+                if slot is None and queued:
                     plan = await bridge.ask(
                         lambda: actors.ref(system.DISPATCHER), Enqueue(dispatch), timeout_s=QUEUE_TIMEOUT_S
                     )
+                elif slot is None:
+                    raise errors.ServerBusy(retry_after_s=settings.limits.retry_after_s)
                 else:
                     done: Transcribed = await bridge.ask(
                         lambda: actors.ref(slot),
@@ -147,6 +152,12 @@ async def _accepted(request: web.Request, job: JobTicket, info: AudioInfo) -> di
             "statusUrl": f"/api/transcribe/{job.job_id}",
         },
     }
+
+
+async def _queue_has_workers(request: web.Request) -> bool:
+    if request.app[ACTORS].consumes_queue:
+        return True
+    return any(int(node.get("slots", 0)) for node in await live_nodes(request.app[REDIS]))
 
 
 def poll_interval_s(age_s: float) -> int:

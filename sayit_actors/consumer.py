@@ -115,7 +115,7 @@ class QueueConsumer(SupervisedActor):
                 return None
             case ChunkTranscribed(delivery, slot, result, _):
                 self._finished(delivery, slot)
-                self._tell_result(RecordChunk(delivery, result))
+                self._tell_result(RecordChunk(delivery, {**result, "node": self._consumer}))
                 return None
             case ChunkFailed(delivery, slot, reason):
                 self._finished(delivery, slot)

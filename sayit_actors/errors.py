@@ -93,16 +93,10 @@ class UndecodableAudio(SayitError):
     message_ko = "오디오를 디코딩할 수 없습니다. 파일이 잘렸거나 손상되었습니다."
 
 
-class AsyncUnavailable(SayitError):
-    code, status = "ASYNC_UNAVAILABLE", 501
-    message_en = "Recordings over 30 seconds or 10 MB are not accepted by this server yet."
-    message_ko = "30초 또는 10MB를 넘는 녹음은 아직 이 서버에서 받을 수 없습니다."
-
-
 class ServerBusy(SayitError):
     code, status = "SERVER_BUSY", 503
-    message_en = "Every transcription slot is busy: retry after the time in Retry-After."
-    message_ko = "모든 변환 슬롯이 사용 중입니다. Retry-After 시간 후에 다시 시도해 주세요."
+    message_en = "Every transcription slot is busy and no queue worker is live: retry after Retry-After."
+    message_ko = "모든 변환 슬롯이 사용 중이고 대기열 작업자가 없습니다. Retry-After 시간 후에 다시 시도해 주세요."
 
 
 class QueueFull(SayitError):

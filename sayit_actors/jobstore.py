@@ -299,8 +299,11 @@ def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     segments: list[dict[str, Any]] = []
     texts: list[str] = []
     seconds_by_language: Counter[str] = Counter()
-    for chunk in chunks:
+    done_by: list[dict[str, Any]] = []
+    for index, chunk in enumerate(chunks):
         offset = chunk["start_s"]
+        done_by.append({"index": index, "start": offset, "duration": chunk["duration_s"],
+                        "language": chunk["language"], "node": chunk.get("node")})  # fmt: skip
         for start, end, text in chunk["segments"]:
             segments.append({"start": round(start + offset, 3), "end": round(end + offset, 3), "text": text,
                              "language": chunk["language"]})  # fmt: skip
@@ -313,4 +316,5 @@ def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         "language": languages[0] if languages else "",
         "languages": languages,
         "segments": segments,
+        "chunks": done_by,
     }

@@ -118,6 +118,10 @@ class ResultActor(SupervisedActor):
             self._redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
         )
         self._store = JobStore(self._redis, self._queue)
+        try:
+            self._store.ensure_group()  # so tasks queued before any worker starts are read too
+        except redis.RedisError as exc:
+            log.warning("could not create the chunk stream's consumer group yet: %s", exc)
 
     def on_stop(self) -> None:
         if self._redis is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from config import Limits, Settings, load_settings
+from config import Limits, QueueSettings, Settings, load_settings
 from http_edge import create_app
 from sayit_actors import audio
 from sayit_actors.faster_engine import FasterWhisperEngine
@@ -67,6 +68,9 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
         max_concurrent_chunks=SLOTS,
         cors_origins=("https://app.sayit.example",),
         limits=Limits(slot_wait_s=60.0),
+        queue=QueueSettings(
+            stall_interval_s=1.5, retry_backoff_s=0.2, max_attempts=2, poll_s=0.1, heartbeat_s=0.5, drain_timeout_s=5
+        ),
     )
 
 
@@ -116,3 +120,17 @@ def clips(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     made.update(truncated=truncated, corrupt=corrupt, text=text)
     yield made
     shutil.rmtree(folder, ignore_errors=True)
+
+
+async def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 90.0) -> dict:
+    """The job's data once it is completed or failed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        response = await client.get(f"/api/transcribe/{job_id}")
+        assert response.status == 200, await response.text()
+        data = (await response.json())["data"]
+        if data["status"] in ("completed", "failed"):
+            return data
+        assert loop.time() < deadline, f"job {job_id} still {data['status']}: {data['progress']}"
+        await asyncio.sleep(0.2)

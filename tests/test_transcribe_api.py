@@ -12,11 +12,11 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 
-from config import Limits, Settings
+from config import Limits, Settings, WorkerMode
 from sayit_actors import keys
 from sayit_actors.result import _today
 from tests.clips import normalized
-from tests.conftest import DATA, JFK, SLOTS
+from tests.conftest import DATA, JFK, SLOTS, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -100,29 +100,53 @@ async def test_requests_are_counted_in_redis(client: TestClient, corpus: Path, s
 
 async def test_twice_the_slots_concurrent_requests_all_succeed(client: TestClient, corpus: Path) -> None:
     results = await asyncio.gather(*(post(client, corpus / "jfk.flac", "en") for _ in range(2 * SLOTS)))
-    assert [status for status, _ in results] == [200] * (2 * SLOTS)
-    assert all(normalized(b["data"]["transcription"]) == normalized(JFK) for _, b in results)
+    texts = []
+    for status, body in results:
+        assert status in (200, 202), body
+        data = body["data"] if status == 200 else await wait_for_job(client, body["data"]["jobId"])
+        texts.append(normalized(data["transcription"]))
+    assert texts == [normalized(JFK)] * (2 * SLOTS)
 
 
-async def test_busy_slots_answer_503_with_retry_after(make_client, settings: Settings, corpus: Path) -> None:  # type: ignore[no-untyped-def]
-    client = await make_client(
-        replace(settings, max_concurrent_chunks=1, limits=Limits(slot_wait_s=0.2, retry_after_s=7))
-    )
+async def test_busy_slots_turn_a_short_upload_into_a_job(make_client, settings: Settings, corpus: Path) -> None:  # type: ignore[no-untyped-def]
+    client = await make_client(replace(settings, max_concurrent_chunks=1))
     first = asyncio.create_task(post(client, corpus / "jfk.flac", "en"))
-    metrics_busy = 0.0
-    for _ in range(200):  # wait until the only slot is taken
-        text = await (await client.get("/metrics")).text()
-        match = re.search(r'^sayit_chunk_slots_busy\{node="test-node",role="all"\} (\S+)$', text, re.M)
-        metrics_busy = float(match.group(1)) if match else 0.0
-        if metrics_busy == 1.0:
-            break
-        await asyncio.sleep(0.02)
-    assert metrics_busy == 1.0
+    await _until_busy(client, 1)
+    status, body = await post(client, corpus / "jfk.flac", "en")
+    assert status == 202 and body["data"]["mode"] == "async", body
+    assert (await first)[0] == 200
+    data = await wait_for_job(client, body["data"]["jobId"])
+    assert data["status"] == "completed" and normalized(data["transcription"]) == normalized(JFK)
+
+
+async def test_busy_slots_without_a_queue_answer_503(make_client, settings: Settings, corpus: Path) -> None:  # type: ignore[no-untyped-def]
+    # An api_only node with no live queue node: nobody would take a job, so it waits, then says so.
+    api = replace(
+        settings,
+        worker_mode=WorkerMode.API_ONLY,
+        max_concurrent_chunks=1,
+        limits=Limits(slot_wait_s=0.2, retry_after_s=7),
+    )
+    client = await make_client(api)
+    first = asyncio.create_task(post(client, corpus / "jfk.flac", "en"))
+    await _until_busy(client, 1)
     response = await client.post("/api/transcribe", data=form(corpus / "jfk.flac", "en"))
     body = await response.json()
     assert response.status == 503 and body["error"]["code"] == "SERVER_BUSY"
     assert response.headers["Retry-After"] == "7"
     assert (await first)[0] == 200
+
+
+async def _until_busy(client: TestClient, slots: int) -> None:
+    busy = 0.0
+    for _ in range(250):
+        text = await (await client.get("/metrics")).text()
+        match = re.search(r'^sayit_chunk_slots_busy\{node="test-node",role="\w+"\} (\S+)$', text, re.M)
+        busy = float(match.group(1)) if match else 0.0
+        if busy == slots:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"slots never became busy ({busy})")
 
 
 async def test_crashed_whisper_actor_is_restarted(client: TestClient, corpus: Path, engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
