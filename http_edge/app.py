@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 
 from config import Settings, WorkerMode
 from http_edge.bridge import ActorBridge
@@ -17,7 +19,7 @@ from http_edge.middlewares import MIDDLEWARES
 from http_edge.routes import add_routes
 from sayit_actors.engine import Engine, create_engine
 from sayit_actors.metrics import Metrics
-from sayit_actors.redis_server import EmbeddedRedis, check_policy
+from sayit_actors.redis_server import EmbeddedRedis, check_policy, client_options
 from sayit_actors.system import ActorSystem
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if url is None:
         embedded = await loop.run_in_executor(None, EmbeddedRedis(settings.data_dir / "redis").start)
         url = embedded.url
-    client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+    options = client_options()
+    options["retry"] = AsyncRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=5)
+    client = aioredis.Redis.from_url(url, **options)
     try:
         check_policy(await client.info("memory"))
         app[METRICS].redis_up.set(1)

