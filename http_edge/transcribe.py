@@ -13,16 +13,17 @@ import time
 from typing import Any
 
 import pykka
+import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, web
 
 from config import Settings
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, SETTINGS
 from http_edge.nodes import live_nodes
-from sayit_actors import errors, system
+from sayit_actors import errors, keys, system
 from sayit_actors.audio import AudioInfo
 from sayit_actors.dispatcher import Dispatch, Enqueue, JobTicket, Mode, Plan
 from sayit_actors.probe import Probe
-from sayit_actors.result import GetJob, JobView, RecordRequest
+from sayit_actors.result import GetJob, JobView, RecordRequest, today
 from sayit_actors.upload import Accept, IncomingFile, Release, Upload
 from sayit_actors.whisper import Transcribe, Transcribed
 
@@ -32,7 +33,8 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 1024
 LANGUAGES = ("ko", "en", "auto")
 QUEUE_TIMEOUT_S = 120.0  # decoding and splitting a 100 MB upload
-REAL_TIME_FACTOR = 0.1  # engine seconds per audio second (Whisper base, int8, one CPU slot)
+REAL_TIME_FACTOR = 0.1  # engine seconds per audio second before any is measured (base, int8, one CPU slot)
+MIN_MEASURED_AUDIO_MS = 60_000
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -135,10 +137,10 @@ async def transcribe(request: web.Request) -> web.Response:
 
 
 async def _accepted(request: web.Request, job: JobTicket, info: AudioInfo) -> dict[str, Any]:
-    settings = request.app[SETTINGS]
-    queue_slots = sum(int(node.get("slots", 0)) for node in await live_nodes(request.app[REDIS]))
+    settings, client = request.app[SETTINGS], request.app[REDIS]
+    queue_slots = sum(int(node.get("slots", 0)) for node in await live_nodes(client))
     parallel = max(1, min(job.chunks, queue_slots or 1))
-    estimate_s = info.duration_s * REAL_TIME_FACTOR / parallel + settings.queue.poll_s
+    estimate_s = info.duration_s * await _real_time_factor(client) / parallel + settings.queue.poll_s
     return {
         "success": True,
         "data": {
@@ -152,6 +154,14 @@ async def _accepted(request: web.Request, job: JobTicket, info: AudioInfo) -> di
             "statusUrl": f"/api/transcribe/{job.job_id}",
         },
     }
+
+
+async def _real_time_factor(client: aioredis.Redis) -> float:
+    """Engine seconds per audio second measured on today's chunks; a prior until there are some."""
+    audio_ms, engine_ms = await client.hmget(keys.stats(today()), ["chunk_audio_ms", "chunk_engine_ms"])
+    if audio_ms and engine_ms and int(audio_ms) >= MIN_MEASURED_AUDIO_MS:
+        return int(engine_ms) / int(audio_ms)
+    return REAL_TIME_FACTOR
 
 
 async def _queue_has_workers(request: web.Request) -> bool:

@@ -32,6 +32,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    os.environ["WORKER_MODE"] = "queue_only"
+    return _serve(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sayit", description="SayIt speech-to-text service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (default SAYIT_HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default SAYIT_PORT or 3000)")
     serve.set_defaults(run=_serve)
+    worker = commands.add_parser("worker", help="run a queue node (WORKER_MODE=queue_only)")
+    worker.add_argument("--host", help="address of its /health and /metrics (default SAYIT_HOST or 0.0.0.0)")
+    worker.add_argument("--port", type=int, help="port of its /health and /metrics (default SAYIT_PORT or 3000)")
+    worker.set_defaults(run=_worker)
     args = parser.parse_args(argv)
 
     logging.basicConfig(

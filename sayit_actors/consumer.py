@@ -114,9 +114,9 @@ class QueueConsumer(SupervisedActor):
             case Poll():
                 self._poll()
                 return None
-            case ChunkTranscribed(delivery, slot, result, _):
+            case ChunkTranscribed(delivery, slot, result, engine_s):
                 self._finished(delivery, slot)
-                self._tell_result(RecordChunk(delivery, {**result, "node": self._consumer}))
+                self._tell_result(RecordChunk(delivery, {**result, "node": self._consumer, "engine_s": engine_s}))
                 return None
             case ChunkFailed(delivery, slot, reason):
                 self._finished(delivery, slot)

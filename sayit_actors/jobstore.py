@@ -10,6 +10,7 @@ actors own when and why, this module owns how. Guarantees:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections import Counter
@@ -227,6 +228,15 @@ class JobStore:
                 pipe.expire(key, ttl)
             pipe.execute()
         return result
+
+    def record_speed(self, day: dt.date, audio_s: float, engine_s: float) -> None:
+        """Chunk audio and engine time per day: the measured real-time factor of the queue."""
+        key = keys.stats(day)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hincrby(key, "chunk_audio_ms", round(audio_s * 1000))
+            pipe.hincrby(key, "chunk_engine_ms", round(engine_s * 1000))
+            pipe.expire(key, keys.STATS_TTL_S)
+            pipe.execute()
 
     # --- the stream ----------------------------------------------------------------------------
     def ensure_group(self) -> None:

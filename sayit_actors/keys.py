@@ -4,7 +4,7 @@ All keys start with ``sayit:``:
 
 | key | type | what | kept |
 |---|---|---|---|
-| ``sayit:stats:<YYYY-MM-DD>`` | hash | requests, successes, failures, processing_ms, audio_ms | 90 days |
+| ``sayit:stats:<YYYY-MM-DD>`` | hash | requests, successes, failures, processing, audio and chunk ms | 90 days |
 | ``sayit:chunks`` | stream | one entry per chunk task (job, index); consumer group ``workers`` | until acked |
 | ``sayit:chunks:dead`` | stream | tasks past the retry or stall limit, with the reason | ~10 000 newest |
 | ``sayit:chunks:retry`` | sorted set | tasks waiting out a retry backoff (score: due, ms) | until due |

@@ -102,7 +102,7 @@ class JobView:
     result: dict[str, Any] | None
 
 
-def _today() -> dt.date:
+def today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
 
@@ -131,7 +131,7 @@ class ResultActor(SupervisedActor):
             case RecordRequest():
                 return self._record_request(message)
             case GetStats(day):
-                return self._stats(day or _today())
+                return self._stats(day or today())
             case CreateJob(job_id, language, duration_s, chunks, filename):
                 return self.store.create(job_id, language, duration_s, chunks, filename)
             case GetJob(job_id):
@@ -163,6 +163,8 @@ class ResultActor(SupervisedActor):
 
     def _record_chunk(self, msg: RecordChunk) -> None:
         added, done, total = self.store.record_chunk(msg.delivery, msg.result)
+        if added and "engine_s" in msg.result:
+            self.store.record_speed(today(), msg.result["duration_s"], msg.result["engine_s"])
         if added and done == total:
             self.store.finish(msg.delivery.task.job_id)
 
@@ -180,7 +182,7 @@ class ResultActor(SupervisedActor):
 
     def _record_request(self, msg: RecordRequest) -> None:
         assert self._redis is not None
-        key = keys.stats(_today())
+        key = keys.stats(today())
         try:
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hincrby(key, "requests", 1)

@@ -15,6 +15,7 @@ from sayit_actors import keys
 from sayit_actors.audio import decode
 from sayit_actors.chunking import split
 from sayit_actors.jobstore import JobStore
+from sayit_actors.result import today
 from tests.clips import normalized
 from tests.conftest import wait_for_job
 
@@ -63,6 +64,16 @@ async def test_long_upload_is_a_job_with_each_chunk_in_its_language(
     assert r.keys(f"sayit:job:{job_id}:audio:*") == []  # chunk audio is deleted once transcribed
     assert 0 < r.ttl(keys.job(job_id)) <= 24 * 3600 and 0 < r.ttl(keys.job_result(job_id)) <= 24 * 3600
     assert int(r.get(keys.QUEUED_AUDIO_MS) or 0) == 0
+
+    # The next estimate uses the real-time factor measured on these chunks.
+    stats = {k.decode(): int(v) for k, v in r.hgetall(keys.stats(today())).items()}
+    assert stats["chunk_audio_ms"] == pytest.approx(59_900, abs=200) and stats["chunk_engine_ms"] > 0
+    rtf = stats["chunk_engine_ms"] / stats["chunk_audio_ms"]
+    again = await submit(client, corpus / "multilingual.mp3")
+    parallel = min(3, settings.max_concurrent_chunks)
+    expected = 59.9 * rtf / parallel + settings.queue.poll_s
+    assert again["estimatedProcessingTime"] == pytest.approx(expected, abs=0.15)
+    await wait_for_job(client, again["jobId"])
 
 
 async def test_unknown_job_is_404(client: TestClient) -> None:

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from config import Limits, Settings, WorkerMode
 from sayit_actors import keys
-from sayit_actors.result import _today
+from sayit_actors.result import today
 from tests.clips import normalized
 from tests.conftest import DATA, JFK, SLOTS, wait_for_job
 
@@ -85,7 +85,7 @@ async def test_requests_are_counted_in_redis(client: TestClient, corpus: Path, s
     assert (await post(client, corpus / "jfk.flac", "en"))[0] == 200
     assert (await post(client, corpus / "jfk.flac", "xx"))[0] == 400
     r = redis.Redis.from_url(settings.redis_url or "")
-    key = keys.stats(_today())
+    key = keys.stats(today())
     for _ in range(50):  # the ResultActor records after the reply is sent
         if int(r.hget(key, "requests") or 0) >= 2:
             break
