@@ -34,7 +34,7 @@ MAX_FIELD_BYTES = 1024
 LANGUAGES = ("ko", "en", "auto")
 QUEUE_TIMEOUT_S = 120.0  # decoding and splitting a 100 MB upload
 REAL_TIME_FACTOR = 0.1  # engine seconds per audio second before any is measured (base, int8, one CPU slot)
-MIN_MEASURED_AUDIO_MS = 60_000
+MIN_MEASURED_AUDIO_MS = 30_000
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -11,6 +11,7 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from config import Settings, WorkerMode
+from http_edge.transcribe import REAL_TIME_FACTOR
 from sayit_actors import keys
 from sayit_actors.audio import decode
 from sayit_actors.chunking import split
@@ -69,6 +70,7 @@ async def test_long_upload_is_a_job_with_each_chunk_in_its_language(
     stats = {k.decode(): int(v) for k, v in r.hgetall(keys.stats(today())).items()}
     assert stats["chunk_audio_ms"] == pytest.approx(59_900, abs=200) and stats["chunk_engine_ms"] > 0
     rtf = stats["chunk_engine_ms"] / stats["chunk_audio_ms"]
+    assert abs(rtf - REAL_TIME_FACTOR) > 0.005, "too close to the prior to tell them apart"
     again = await submit(client, corpus / "multilingual.mp3")
     parallel = min(3, settings.max_concurrent_chunks)
     expected = 59.9 * rtf / parallel + settings.queue.poll_s
