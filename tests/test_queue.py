@@ -11,7 +11,6 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from config import Settings, WorkerMode
-from http_edge.transcribe import REAL_TIME_FACTOR
 from sayit_actors import keys
 from sayit_actors.audio import decode
 from sayit_actors.chunking import split
@@ -66,15 +65,13 @@ async def test_long_upload_is_a_job_with_each_chunk_in_its_language(
     assert 0 < r.ttl(keys.job(job_id)) <= 24 * 3600 and 0 < r.ttl(keys.job_result(job_id)) <= 24 * 3600
     assert int(r.get(keys.QUEUED_AUDIO_MS) or 0) == 0
 
-    # The next estimate uses the real-time factor measured on these chunks.
+    # Chunks record their speed, and the next estimate uses the measured real-time factor.
     stats = {k.decode(): int(v) for k, v in r.hgetall(keys.stats(today())).items()}
     assert stats["chunk_audio_ms"] == pytest.approx(59_900, abs=200) and stats["chunk_engine_ms"] > 0
-    rtf = stats["chunk_engine_ms"] / stats["chunk_audio_ms"]
-    assert abs(rtf - REAL_TIME_FACTOR) > 0.005, "too close to the prior to tell them apart"
+    r.hset(keys.stats(today()), mapping={"chunk_audio_ms": 100_000, "chunk_engine_ms": 50_000})  # a slow day: 0.5
     again = await submit(client, corpus / "multilingual.mp3")
     parallel = min(3, settings.max_concurrent_chunks)
-    expected = 59.9 * rtf / parallel + settings.queue.poll_s
-    assert again["estimatedProcessingTime"] == pytest.approx(expected, abs=0.15)
+    assert again["estimatedProcessingTime"] == pytest.approx(59.9 * 0.5 / parallel + settings.queue.poll_s, abs=0.1)
     await wait_for_job(client, again["jobId"])
 
 
