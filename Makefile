@@ -2,7 +2,15 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.run-installed
+TEST_STAMP := $(VENV)/.test-installed
+# The Mac's engine where it runs: natively on Apple Silicon, MLX's CPU build on Linux (for the tests).
+ifeq ($(shell uname -s),Linux)
+TEST_EXTRAS := redis,dev,mlx-cpu
+TORCH_CPU := torch==2.13.0
+else
+TEST_EXTRAS := redis,dev,mlx
+endif
 
 .PHONY: run test lint typecheck pytest bench clean
 
@@ -10,26 +18,31 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[redis,dev]"
-	touch $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[redis,mlx]"
+	touch $@
 
-run: $(STAMP)
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(if $(TORCH_CPU),$(BIN)/python -m pip install --quiet $(TORCH_CPU))
+	$(BIN)/python -m pip install --quiet -e ".[$(TEST_EXTRAS)]"
+	touch $@
+
+run: $(RUN_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/sayit serve --port 3000
 
-test: $(STAMP) lint typecheck pytest
+test: lint typecheck pytest
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -ra
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/sync_latency.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/longform.py
 

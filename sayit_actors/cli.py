@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -37,6 +38,20 @@ def _worker(args: argparse.Namespace) -> int:
     return _serve(args)
 
 
+def _convert_mlx(args: argparse.Namespace) -> int:
+    from sayit_actors.mlx_convert import ConversionError, convert, ensure_converted
+
+    settings = load_settings()
+    model = args.model or settings.engine.model
+    try:
+        folder = convert(model, args.out) if args.out else ensure_converted(model, settings.data_dir)
+    except ConversionError as exc:
+        print(f"sayit: cannot convert {model!r}: {exc}", file=sys.stderr)
+        return 2
+    print(f"MLX model ready in {folder} (SAYIT_ENGINE=mlx uses it for SAYIT_MODEL={model})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sayit", description="SayIt speech-to-text service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--host", help="address of its /health and /metrics (default SAYIT_HOST or 0.0.0.0)")
     worker.add_argument("--port", type=int, help="port of its /health and /metrics (default SAYIT_PORT or 3000)")
     worker.set_defaults(run=_worker)
+    convert = commands.add_parser("convert-mlx", help="convert a Whisper model to mlx-whisper's format")
+    convert.add_argument("--model", default=None, help="'base' (bundled) or a CTranslate2 folder (default SAYIT_MODEL)")
+    convert.add_argument("--out", type=Path, help="output folder (default <SAYIT_DATA_DIR>/mlx/<model>)")
+    convert.set_defaults(run=_convert_mlx)
     args = parser.parse_args(argv)
 
     logging.basicConfig(

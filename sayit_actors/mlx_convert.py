@@ -23,7 +23,7 @@ import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +183,8 @@ def convert(model: str, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".mlx-", dir=out_dir.parent))
     try:
-        np.savez(staging / "weights.npz", **weights)
+        save_npz: Callable[..., None] = np.savez  # numpy's stub types **arrays as its keyword options
+        save_npz(staging / "weights.npz", **weights)
         (staging / "config.json").write_text(json.dumps(dimensions(variables), indent=2))
         meta = {"source": model, "alignment_heads": ct2_config.get("alignment_heads")}
         (staging / "sayit.json").write_text(json.dumps(meta, indent=2))

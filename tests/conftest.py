@@ -8,6 +8,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -82,7 +83,7 @@ async def make_client(aiohttp_client, engine: FasterWhisperEngine, redis_url: st
     """
     made: list[tuple[Settings, TestClient]] = []
 
-    async def make(settings: Settings) -> TestClient:
+    async def make(settings: Settings, engine: Any = engine) -> TestClient:
         client = await aiohttp_client(create_app(settings, engine=engine))
         made.append((settings, client))
         return client

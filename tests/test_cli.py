@@ -94,7 +94,7 @@ def test_serve_transcribes_with_an_embedded_redis_and_stops_cleanly(
     ("env", "message"),
     [
         ({"WORKER_MODE": "both"}, "WORKER_MODE='both' is invalid: expected one of all, api_only, queue_only"),
-        ({"SAYIT_ENGINE": "mlx"}, "SAYIT_ENGINE=mlx needs mlx-whisper"),
+        ({"SAYIT_ENGINE": "mlx", "SAYIT_MODEL": "/no/such/model"}, "SAYIT_MODEL='/no/such/model' has no MLX form"),
         ({"SAYIT_MODEL": "huge"}, "SAYIT_MODEL='huge'"),
     ],
 )
