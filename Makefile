@@ -12,7 +12,7 @@ else
 TEST_EXTRAS := redis,dev,mlx
 endif
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest tools bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,14 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-pytest: $(TEST_STAMP)
+pytest: $(TEST_STAMP) tools
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -ra
+
+# promtool checks the Prometheus files in ops/ (Debian's prometheus package; installed when root).
+tools:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } \
+		|| echo "promtool is missing (apt-get install prometheus): its test will be skipped"
 
 bench: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/sync_latency.py

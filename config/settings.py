@@ -82,6 +82,7 @@ class Settings:
     data_dir: Path = Path("data")
     cors_origins: tuple[str, ...] = ()
     api_keys: tuple[str, ...] = ()
+    admin_token: str | None = None  # None: the admin routes do not exist
     engine: EngineSettings = EngineSettings()
     limits: Limits = Limits()
     queue: QueueSettings = QueueSettings()
@@ -162,6 +163,7 @@ _TOP: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "data_dir": (_text, None),
     "cors_origins": (_list, None),
     "api_keys": (_list, None),
+    "admin_token": (_text, None),
 }
 _ENGINE: dict[str, Callable[[str], Any]] = {
     "engine": _choice("auto", "faster-whisper", "mlx"),
@@ -194,6 +196,13 @@ _QUEUE: dict[str, Callable[[str], Any]] = {
     "drain_timeout_s": _float(0.0),
     "poll_s": _float(0.05),
 }
+
+
+def known_variables() -> set[str]:
+    """Every environment variable the settings read."""
+    names = {env or f"SAYIT_{name.upper()}" for name, (_, env) in _TOP.items()}
+    names |= {f"SAYIT_{name.upper()}" for table in (_ENGINE, _LIMITS, _QUEUE) for name in table}
+    return names | {"SAYIT_CONFIG", "SAYIT_LOG_LEVEL"}
 
 
 def _read(

@@ -33,7 +33,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Appli
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_actors_ctx(engine))
-    add_routes(app, serves_uploads=settings.worker_mode is not WorkerMode.QUEUE_ONLY)
+    add_routes(app, serves_uploads=settings.worker_mode is not WorkerMode.QUEUE_ONLY, admin=bool(settings.admin_token))
     return app
 
 

@@ -59,6 +59,7 @@ def preferred_language(request: web.Request) -> str:
 
 
 def error_response(request: web.Request, error: errors.SayitError) -> web.Response:
+    request.app[METRICS].errors.labels(error.code).inc()
     body = {"success": False, "error": {"code": error.code, "message": error.message(preferred_language(request))}}
     response = web.json_response(body, status=error.status)
     if error.retry_after_s is not None:

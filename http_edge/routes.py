@@ -11,12 +11,13 @@ from typing import Any
 import redis
 from aiohttp import web
 
+from http_edge.admin import add_admin_routes
+from http_edge.cluster import live_nodes, queue_depth
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, STARTED_AT
-from http_edge.nodes import live_nodes
 from http_edge.transcribe import job_status, transcribe
 from sayit_actors import system
 from sayit_actors.result import DailyStats, GetStats
-from sayit_actors.supervisor import GetStatus
+from sayit_actors.supervisor import ChildStatus, GetStatus
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 2.0
@@ -36,7 +37,7 @@ async def _redis_status(request: web.Request) -> dict[str, Any]:
 async def health(request: web.Request) -> web.Response:
     actors, bridge = request.app[ACTORS], request.app[BRIDGE]
     redis_status = await _redis_status(request)
-    children = await bridge.ask(lambda: actors.supervisor, GetStatus(), timeout_s=HEALTH_TIMEOUT_S)
+    children = await _children(request)
     slots_alive = sum(1 for c in children if c.kind == "WhisperActor" and c.alive)
     engine = actors.engine
     whisper = {
@@ -91,12 +92,47 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    await _redis_status(request)
-    payload = request.app[METRICS].render()
-    return web.Response(body=payload, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    registry = request.app[METRICS]
+    if (await _redis_status(request))["status"] == "up":
+        try:
+            client = request.app[REDIS]
+            for state, count in (await queue_depth(client)).items():
+                registry.queue_depth.labels(state).set(count)
+            nodes = await live_nodes(client)
+            registry.queue_nodes.set(len(nodes))
+            registry.queue_node_slots.set(sum(int(n.get("slots", 0)) for n in nodes))
+        except redis.RedisError as exc:
+            log.warning("queue figures unavailable for /metrics: %s", exc)
+    return web.Response(body=registry.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def add_routes(app: web.Application, serves_uploads: bool) -> None:
+async def live(request: web.Request) -> web.Response:
+    """The process answers: a container probe restarts it when this fails."""
+    return web.json_response({"status": "alive"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Redis answers and a slot is alive: a load balancer may send traffic."""
+    redis_status = await _redis_status(request)
+    alive = sum(1 for c in await _children(request) if c.kind == "WhisperActor" and c.alive)
+    is_ready = redis_status["status"] == "up" and alive > 0
+    body = {"status": "ready" if is_ready else "not ready", "redis": redis_status["status"], "slotsAlive": alive}
+    return web.json_response(body, status=200 if is_ready else 503)
+
+
+async def _children(request: web.Request) -> list[ChildStatus]:
+    actors = request.app[ACTORS]
+    children: list[ChildStatus] = await request.app[BRIDGE].ask(
+        lambda: actors.supervisor, GetStatus(), timeout_s=HEALTH_TIMEOUT_S
+    )
+    return children
+
+
+def add_routes(app: web.Application, serves_uploads: bool, admin: bool) -> None:
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    if admin:
+        add_admin_routes(app)
     if serves_uploads:
         app.router.add_post("/api/transcribe", transcribe)
         app.router.add_get("/api/transcribe/{job_id}", job_status)

@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, web
 
 from config import Settings
+from http_edge.cluster import live_nodes
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, SETTINGS
-from http_edge.nodes import live_nodes
 from sayit_actors import errors, keys, system
 from sayit_actors.audio import AudioInfo
 from sayit_actors.dispatcher import Dispatch, Enqueue, JobTicket, Mode, Plan
@@ -213,9 +213,7 @@ def _tell(actors: system.ActorSystem, name: str, message: object) -> None:
 
 
 def _observe(request: web.Request, plan: Plan, done: Transcribed, info: AudioInfo) -> None:
-    metrics = request.app[METRICS]
     engine = request.app[ACTORS].engine.name
-    labels = (plan.mode.value, plan.options.profile, engine)
-    metrics.transcriptions.labels(*labels, "success").inc()
-    metrics.transcription_seconds.labels(*labels).observe(done.engine_s)
-    metrics.audio_seconds.labels(*labels).inc(info.duration_s)
+    request.app[METRICS].observe_transcription(
+        plan.mode.value, done.transcript.language, engine, done.engine_s, info.duration_s
+    )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from aiohttp import web
@@ -52,7 +55,38 @@ def _convert_mlx(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _admin(args: argparse.Namespace) -> int:
+    if not args.token:
+        print("sayit admin: give --token or set SAYIT_ADMIN_TOKEN", file=sys.stderr)
+        return 2
+    base = args.url.rstrip("/")
+    if args.admin_command == "restart":
+        request = urllib.request.Request(f"{base}/admin/actors/{args.name}/restart", data=b"", method="POST")
+    else:
+        request = urllib.request.Request(f"{base}/admin/actors")
+    request.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=180) as response:
+            data = json.load(response)["data"]
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc)["error"]["message"]
+        except (ValueError, KeyError):
+            message = exc.reason
+        print(f"sayit admin: {exc.code} {message}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"sayit admin: cannot reach {base}: {exc.reason}", file=sys.stderr)
+        return 1
+    rows = [data] if args.admin_command == "restart" else data["actors"]
+    for row in rows:
+        state = "alive" if row["alive"] else ("given up" if row["givenUp"] else "stopped")
+        since = f" since {row['since']}" if row["since"] else ""
+        print(f"{row['name']:<16} {row['kind']:<14} {state:<8} restarts={row['restarts']:<3} {row['doing']}{since}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sayit", description="SayIt speech-to-text service")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run a node (role from WORKER_MODE, default all)")
@@ -67,7 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--model", default=None, help="'base' (bundled) or a CTranslate2 folder (default SAYIT_MODEL)")
     convert.add_argument("--out", type=Path, help="output folder (default <SAYIT_DATA_DIR>/mlx/<model>)")
     convert.set_defaults(run=_convert_mlx)
-    args = parser.parse_args(argv)
+    admin = commands.add_parser("admin", help="list a node's actors or restart one")
+    admin.add_argument("--url", default="http://localhost:3000", help="the node (default http://localhost:3000)")
+    admin.add_argument("--token", default=os.environ.get("SAYIT_ADMIN_TOKEN"), help="default SAYIT_ADMIN_TOKEN")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    admin_commands.add_parser("actors", help="list the actors: kind, alive, restarts, what each is doing")
+    restart = admin_commands.add_parser("restart", help="restart one actor gracefully")
+    restart.add_argument("name")
+    admin.set_defaults(run=_admin)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     logging.basicConfig(
         level=os.environ.get("SAYIT_LOG_LEVEL", "INFO").upper(),

@@ -30,6 +30,7 @@ import redis
 from config import QueueSettings
 from sayit_actors.engine import TranscriptionOptions
 from sayit_actors.jobstore import Delivery, JobStore
+from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import client_options
 from sayit_actors.result import ChunkFailure, RecordChunk
 from sayit_actors.slots import SlotPool
@@ -76,6 +77,8 @@ class QueueConsumer(SupervisedActor):
         options: Mapping[str, TranscriptionOptions],
         node: dict[str, Any],
         result_name: str,
+        metrics: Metrics,
+        engine: str,
     ) -> None:
         super().__init__(supervisor, name)
         self._redis_url = redis_url
@@ -85,6 +88,8 @@ class QueueConsumer(SupervisedActor):
         self._options = options
         self._node = node
         self._result_name = result_name
+        self._metrics = metrics
+        self._engine = engine
         self._consumer = str(node["id"])
         self._running: dict[str, _Running] = {}
         self._draining = False
@@ -99,8 +104,13 @@ class QueueConsumer(SupervisedActor):
         self.actor_ref.tell(Poll())
 
     def on_stop(self) -> None:
-        for running in self._running.values():
-            self._slots.release(running.slot)
+        # A restart (or a stop before the drain) puts running chunks back in the queue at once;
+        # their slots finish them anyway, and the first result recorded wins.
+        running = list(self._running.values())
+        if running:
+            self._hand_back()
+        for item in running:
+            self._slots.release(item.slot)
         if self._redis is not None:
             self._redis.close()
 
@@ -116,6 +126,9 @@ class QueueConsumer(SupervisedActor):
                 return None
             case ChunkTranscribed(delivery, slot, result, engine_s):
                 self._finished(delivery, slot)
+                self._metrics.observe_transcription(
+                    "async", result["language"], self._engine, engine_s, result["duration_s"]
+                )
                 self._tell_result(RecordChunk(delivery, {**result, "node": self._consumer, "engine_s": engine_s}))
                 return None
             case ChunkFailed(delivery, slot, reason):

@@ -100,9 +100,10 @@ class Dispatcher(SupervisedActor):
         return options
 
     def _enqueue(self, msg: Dispatch, options: TranscriptionOptions) -> Plan:
-        samples = audio.decode(msg.path, msg.info.duration_s)
-        chunks = chunking.split(samples, self._queue.chunk_s)
         job_id = uuid.uuid4().hex
-        create = CreateJob(job_id, msg.language, samples.shape[0] / audio.SAMPLE_RATE, chunks, msg.filename)
-        self._result().ask(create, timeout=60)
+        with self.doing(f"splitting a {msg.info.duration_s:.0f} s upload into job {job_id}"):
+            samples = audio.decode(msg.path, msg.info.duration_s)
+            chunks = chunking.split(samples, self._queue.chunk_s)
+            create = CreateJob(job_id, msg.language, samples.shape[0] / audio.SAMPLE_RATE, chunks, msg.filename)
+            self._result().ask(create, timeout=60)
         return Plan(Mode.ASYNC, options, JobTicket(job_id, len(chunks)))

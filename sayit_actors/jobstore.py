@@ -185,30 +185,34 @@ class JobStore:
         )  # fmt: skip
         return bool(added), int(done), int(total)
 
-    def retry_or_fail(self, delivery: Delivery, reason: str) -> bool:
-        """Schedule another attempt after a backoff; past the limit, fail the job. True if retried."""
+    def retry_or_fail(self, delivery: Delivery, reason: str) -> str:
+        """Schedule another attempt after a backoff; past the limit, fail the job.
+
+        Returns ``retried``, ``failed`` (this failed the job) or ``settled`` (it had ended already).
+        """
         task = delivery.task
         attempts = int(self.r.hincrby(keys.chunk_attempts(task.job_id), str(task.index), 1))
         if attempts >= self.q.max_attempts:
-            self.fail(delivery, f"chunk {task.index} failed {attempts} times: {reason}")
-            return False
+            failed = self.fail(delivery, f"chunk {task.index} failed {attempts} times: {reason}")
+            return "failed" if failed else "settled"
         backoff_s = self.q.retry_backoff_s * 2 ** (attempts - 1)
         retry = Task(task.job_id, task.index, task.start_ms, task.duration_ms, task.language, task.attempt + 1)
         with self.r.pipeline(transaction=True) as pipe:
             pipe.zadd(keys.RETRIES, {json.dumps(retry.fields()): now_ms() + backoff_s * 1000})
             pipe.xack(keys.CHUNKS, keys.CHUNKS_GROUP, delivery.entry_id)
             pipe.execute()
-        return True
+        return "retried"
 
-    def fail(self, delivery: Delivery, reason: str) -> None:
-        """Dead-letter the task and fail its job with ``reason``."""
+    def fail(self, delivery: Delivery, reason: str) -> bool:
+        """Dead-letter the task and fail its job with ``reason``; True if this failed the job."""
         job_id = delivery.task.job_id
-        self._fail(
+        failed = self._fail(
             keys=[keys.job(job_id), keys.CHUNKS, keys.DEAD_LETTERS, keys.QUEUED_AUDIO_MS,
                   keys.chunk_results(job_id), keys.chunk_attempts(job_id), keys.job_result(job_id)],
             args=[keys.CHUNKS_GROUP, delivery.entry_id, reason, json.dumps(delivery.task.fields()), now_ms(),
                   self.q.result_ttl_s, keys.chunk_audio(job_id, 0)[:-1]],
         )  # fmt: skip
+        return bool(failed)
 
     def finish(self, job_id: str) -> dict[str, Any] | None:
         """Merge the chunk results into the job's result (idempotent); None if chunks are missing."""
@@ -287,14 +291,6 @@ class JobStore:
     def job_status(self, job_id: str) -> str | None:
         status = self.r.hget(keys.job(job_id), "status")
         return status.decode() if status else None
-
-    def queue_depth(self) -> dict[str, int]:
-        groups = self.r.xinfo_groups(keys.CHUNKS)
-        group = next((g for g in groups if g["name"].decode() == keys.CHUNKS_GROUP), None)
-        pending = int(group["pending"]) if group else 0
-        lag = int(group.get("lag") or 0) if group else 0
-        return {"waiting": lag + int(self.r.zcard(keys.RETRIES)), "inProgress": pending,
-                "deadLettered": int(self.r.xlen(keys.DEAD_LETTERS))}  # fmt: skip
 
     # --- nodes -------------------------------------------------------------------------------
     def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:

@@ -51,10 +51,26 @@ class Metrics:
         self.actor_restarts = Counter("sayit_actor_restarts", "Restarts by the supervisor", ["actor"], registry=r)
         self.model_load_seconds = Gauge("sayit_model_load_seconds", "Time to load the model", ["engine"], registry=r)
         self.redis_up = Gauge("sayit_redis_up", "1 when Redis answered the last check", registry=r)
+        self.real_time_factor = Histogram(
+            "sayit_real_time_factor", "Engine seconds per audio second", ["mode", "language", "engine"],
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5), registry=r,
+        )  # fmt: skip
+        self.jobs = Counter("sayit_jobs", "Jobs ended on this node, by outcome", ["outcome"], registry=r)
+        self.errors = Counter("sayit_errors", "Error responses by code", ["code"], registry=r)
+        self.queue_depth = Gauge("sayit_queue_chunks", "Chunk tasks by state (cluster-wide)", ["state"], registry=r)
+        self.queue_nodes = Gauge("sayit_queue_nodes", "Live queue nodes (cluster-wide)", registry=r)
+        self.queue_node_slots = Gauge("sayit_queue_node_slots", "Slots of the live queue nodes", registry=r)
 
     def set_slots(self, capacity: int, busy: int) -> None:
         self.slots.labels(self.node, self.role).set(capacity)
         self.slots_busy.labels(self.node, self.role).set(busy)
+
+    def observe_transcription(self, mode: str, language: str, engine: str, engine_s: float, audio_s: float) -> None:
+        self.transcriptions.labels(mode, language, engine, "success").inc()
+        self.transcription_seconds.labels(mode, language, engine).observe(engine_s)
+        self.audio_seconds.labels(mode, language, engine).inc(audio_s)
+        if audio_s > 0:
+            self.real_time_factor.labels(mode, language, engine).observe(engine_s / audio_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

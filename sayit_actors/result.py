@@ -19,6 +19,7 @@ from config import QueueSettings
 from sayit_actors import keys
 from sayit_actors.chunking import Chunk
 from sayit_actors.jobstore import Delivery, JobStore
+from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
@@ -107,8 +108,16 @@ def today() -> dt.date:
 
 
 class ResultActor(SupervisedActor):
-    def __init__(self, supervisor: pykka.ActorRef[Supervisor], name: str, redis_url: str, queue: QueueSettings) -> None:
+    def __init__(
+        self,
+        supervisor: pykka.ActorRef[Supervisor],
+        name: str,
+        redis_url: str,
+        queue: QueueSettings,
+        metrics: Metrics,
+    ) -> None:
         super().__init__(supervisor, name)
+        self._metrics = metrics
         self._redis_url = redis_url
         self._queue = queue
         self._redis: redis.Redis | None = None
@@ -150,9 +159,9 @@ class ResultActor(SupervisedActor):
             if isinstance(msg, RecordChunk):
                 self._record_chunk(msg)
             elif msg.dead:
-                self.store.fail(msg.delivery, msg.reason)
+                self._job_ended(self.store.fail(msg.delivery, msg.reason), "failed")
             else:
-                self.store.retry_or_fail(msg.delivery, msg.reason)
+                self._job_ended(self.store.retry_or_fail(msg.delivery, msg.reason) == "failed", "failed")
         except redis.RedisError as exc:
             delay = min(MAX_WRITE_RETRY_DELAY_S, 0.5 * 2**msg.tries)
             log.warning("Redis write for job %s failed (%s): retrying in %.1f s", msg.delivery.task.job_id, exc, delay)
@@ -166,7 +175,12 @@ class ResultActor(SupervisedActor):
         if added and "engine_s" in msg.result:
             self.store.record_speed(today(), msg.result["duration_s"], msg.result["engine_s"])
         if added and done == total:
-            self.store.finish(msg.delivery.task.job_id)
+            with self.doing(f"merging job {msg.delivery.task.job_id}"):
+                self._job_ended(self.store.finish(msg.delivery.task.job_id) is not None, "completed")
+
+    def _job_ended(self, ended: bool, outcome: str) -> None:
+        if ended:
+            self._metrics.jobs.labels(outcome).inc()
 
     def _get_job(self, job_id: str) -> JobView | None:
         job = self.store.get(job_id)

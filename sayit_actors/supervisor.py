@@ -12,13 +12,15 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import pykka
 
+from sayit_actors import activity
 from sayit_actors.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class ChildStatus:
     restarts: int
     given_up: bool
     started_at: float
+    doing: str = "idle"
+    since: float | None = None
 
 
 @dataclass
@@ -108,6 +112,15 @@ class SupervisedActor(pykka.ThreadingActor):
         self.supervisor = supervisor
         self.name = name
 
+    @contextmanager
+    def doing(self, what: str) -> Iterator[None]:
+        """Show ``what`` as this actor's activity (admin endpoint) while the block runs."""
+        activity.set_doing(self.actor_urn, what)
+        try:
+            yield
+        finally:
+            activity.clear(self.actor_urn)
+
     def on_failure(
         self,
         exception_type: type[BaseException] | None,
@@ -150,17 +163,23 @@ class Supervisor(pykka.ThreadingActor):
         raise TypeError(f"unexpected message {message!r}")
 
     def status(self) -> list[ChildStatus]:
-        return [
-            ChildStatus(
-                name,
-                c.spec.kind,
-                bool(c.ref and c.ref.is_alive()),
-                c.restarts,
-                c.given_up,
-                c.started_at,
+        statuses = []
+        for name, c in self._children.items():
+            alive = bool(c.ref and c.ref.is_alive())
+            doing = activity.get(c.ref.actor_urn) if c.ref is not None and alive else None
+            statuses.append(
+                ChildStatus(
+                    name,
+                    c.spec.kind,
+                    alive,
+                    c.restarts,
+                    c.given_up,
+                    c.started_at,
+                    doing[0] if doing else ("idle" if alive else "stopped"),
+                    doing[1] if doing else None,
+                )
             )
-            for name, c in self._children.items()
-        ]
+        return statuses
 
     def on_stop(self) -> None:
         for child in reversed(list(self._children.values())):

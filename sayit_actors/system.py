@@ -51,7 +51,9 @@ class ActorSystem:
         mode, limits, queue = settings.worker_mode, settings.limits, settings.queue
         self.serves_uploads = mode is not WorkerMode.QUEUE_ONLY
         self.consumes_queue = mode is not WorkerMode.API_ONLY
-        specs = [ChildSpec(RESULT, "ResultActor", lambda sup, name: ResultActor.start(sup, name, redis_url, queue))]
+        specs = [
+            ChildSpec(RESULT, "ResultActor", lambda sup, name: ResultActor.start(sup, name, redis_url, queue, metrics))
+        ]
         if self.serves_uploads:
             specs += [
                 ChildSpec(UPLOAD, "UploadActor", lambda sup, name: UploadActor.start(sup, name, settings.upload_dir)),
@@ -87,6 +89,8 @@ class ActorSystem:
                         options=options,
                         node=node,
                         result_name=RESULT,
+                        metrics=metrics,
+                        engine=engine.name,
                     ),
                 )
             )

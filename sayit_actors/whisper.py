@@ -83,10 +83,13 @@ class WhisperActor(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case Transcribe():
-                samples = audio.decode(message.path, message.expected_duration_s)
-                return self._run(samples, message.options)
+                with self.doing(f"transcribing a {message.expected_duration_s:.0f} s upload"):
+                    samples = audio.decode(message.path, message.expected_duration_s)
+                    return self._run(samples, message.options)
             case TranscribeChunk():
-                return self._chunk(message)
+                task = message.delivery.task
+                with self.doing(f"transcribing chunk {task.index} of job {task.job_id}"):
+                    return self._chunk(message)
             case _EngineBroke(error):
                 raise EngineBroke(error)
         raise TypeError(f"unexpected message {message!r}")
@@ -105,12 +108,12 @@ class WhisperActor(SupervisedActor):
         try:
             samples = from_flac(msg.flac)
         except Exception as exc:  # corrupt chunk audio: the queue retries, then dead-letters it
-            msg.reply_to.tell(ChunkFailed(msg.delivery, self.name, f"undecodable chunk audio ({exc})"))
+            _reply(msg, ChunkFailed(msg.delivery, self.name, f"undecodable chunk audio ({exc})"))
             return
         try:
             done = self._run(samples, msg.options)
         except EngineFailure:
-            msg.reply_to.tell(ChunkFailed(msg.delivery, self.name, "engine failure"))
+            _reply(msg, ChunkFailed(msg.delivery, self.name, "engine failure"))
             return
         t = done.transcript
         result = {
@@ -120,4 +123,13 @@ class WhisperActor(SupervisedActor):
             "language": t.language,
             "segments": [[s.start, s.end, s.text] for s in t.segments],
         }
-        msg.reply_to.tell(ChunkTranscribed(msg.delivery, self.name, result, done.engine_s))
+        _reply(msg, ChunkTranscribed(msg.delivery, self.name, result, done.engine_s))
+
+
+def _reply(msg: TranscribeChunk, answer: object) -> None:
+    """Answer the consumer that sent the chunk; one restarted since has handed the chunk back."""
+    try:
+        msg.reply_to.tell(answer)
+    except pykka.ActorDeadError:
+        log.info("chunk %d of job %s finished after its consumer restarted", msg.delivery.task.index,
+                 msg.delivery.task.job_id)  # fmt: skip

@@ -15,6 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np
 import pytest
 import redis
+import soundfile
 from aiohttp.test_utils import TestClient
 
 from config import Limits, QueueSettings, Settings, load_settings
@@ -121,6 +122,27 @@ def clips(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     made.update(truncated=truncated, corrupt=corrupt, text=text)
     yield made
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def recordings(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("recordings")
+    clip = {name: audio.decode(corpus / name) for name in ("jfk.flac", "multilingual.mp3", "stereo_diarization.wav",
+                                                           "hotwords.mp3")}  # fmt: skip
+    pause = np.zeros(audio.SAMPLE_RATE // 2, np.float32)
+
+    def write(name: str, parts: list[np.ndarray]) -> Path:
+        path = folder / name
+        soundfile.write(path, np.concatenate([p for part in parts for p in (part, pause)]), audio.SAMPLE_RATE,
+                        subtype="PCM_16")  # fmt: skip
+        return path
+
+    mixed = [clip["multilingual.mp3"], clip["jfk.flac"], clip["stereo_diarization.wav"], clip["hotwords.mp3"]]
+    return {
+        "long": write("three_minutes.wav", [clip["multilingual.mp3"]] * 3 + [clip["jfk.flac"]]),  # 3 min 12 s
+        "mixed": write("mixed.wav", mixed),  # 82 s, every part different
+        "multilingual": corpus / "multilingual.mp3",
+    }
 
 
 async def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 90.0) -> dict:
