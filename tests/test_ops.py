@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 from aiohttp.test_utils import TestClient
 
 from config.settings import known_variables
+from sayit_actors import keys
 from sayit_actors.cli import build_parser
-from sayit_actors.redis_server import free_port
+from sayit_actors.redis_server import EmbeddedRedis, free_port
 from tests.cluster import Cluster, finished, get, start_cluster, stop_cluster, submit, wait
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,3 +166,48 @@ def test_healthcheck_script_exit_status(cluster: Cluster) -> None:
     assert run("--url", cluster.queue["queue-a"].url, "--ready").returncode == 0
     down = run("--url", f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 1 and "UNHEALTHY" in down.stdout
+
+
+def _script(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(OPS / "scripts" / name), *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_cleanup_removes_orphans_only(tmp_path: Path, redis_url: str) -> None:
+    uploads = tmp_path / "uploads"
+    (uploads / "incoming").mkdir(parents=True)
+    old, fresh = uploads / "old.wav", uploads / "incoming" / "fresh.part"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    r = redis.Redis.from_url(redis_url)
+    r.hset(keys.job("a" * 32), "status", "completed")
+    r.hset(keys.job("b" * 32), "status", "processing")
+    r.set(keys.chunk_audio("a" * 32, 0), b"ended job")  # orphan
+    r.set(keys.chunk_audio("c" * 32, 1), b"no job")  # orphan
+    r.set(keys.chunk_audio("b" * 32, 0), b"running job")  # kept
+    r.set(keys.chunk_audio("d" * 32, 0), b"job being created", ex=600)  # kept
+    dry = _script("cleanup.py", "--uploads", str(uploads), "--redis-url", redis_url, "--dry-run")
+    assert dry.returncode == 0 and "would remove 1 orphaned upload" in dry.stdout and old.exists()
+    result = _script("cleanup.py", "--uploads", str(uploads), "--redis-url", redis_url)
+    assert result.returncode == 0, result.stderr
+    assert not old.exists() and fresh.exists()
+    assert sorted(k.decode() for k in r.keys("sayit:job:*:audio:*")) == sorted(
+        [keys.chunk_audio("b" * 32, 0), keys.chunk_audio("d" * 32, 0)]
+    )
+
+
+def test_backup_copies_a_fresh_snapshot(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        redis.Redis.from_url(server.url).set("sayit:backup-test", "kept")
+        result = _script("backup.py", "--redis-url", server.url, "--data-dir", str(tmp_path / "redis"),
+                         "--out", str(tmp_path / "backups"))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        (copy,) = (tmp_path / "backups").iterdir()
+        assert re.fullmatch(r"redis-\d{8}T\d{6}Z", copy.name)
+        assert (copy / "dump.rdb").stat().st_size > 0
+        assert (copy / "appendonlydir").is_dir() or (copy / "appendonly.aof").is_file()
+    finally:
+        server.stop()

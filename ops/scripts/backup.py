@@ -21,10 +21,17 @@ import redis
 
 
 def snapshot(client: redis.Redis, timeout_s: float) -> None:
+    """BGSAVE, then wait until LASTSAVE (whole seconds) moves past the previous save."""
     before = client.lastsave()
-    client.bgsave()
+    while time.time() < before.timestamp() + 1:  # a save within the same second would not show
+        time.sleep(0.05)
+    try:
+        client.bgsave()
+    except redis.ResponseError as exc:  # one already running will do
+        if "in progress" not in str(exc):
+            raise
     deadline = time.monotonic() + timeout_s
-    while client.lastsave() == before:
+    while client.lastsave() <= before:
         if time.monotonic() > deadline:
             raise TimeoutError(f"Redis did not finish its snapshot within {timeout_s:.0f} s")
         time.sleep(0.2)
