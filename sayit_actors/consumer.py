@@ -43,7 +43,9 @@ REDIS_DOWN_RETRY_S = 1.0
 
 @dataclass(frozen=True)
 class Poll:
-    pass
+    """One step; only the latest scheduled one runs (a finished chunk supersedes a pending timer)."""
+
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,12 @@ class QueueConsumer(SupervisedActor):
         self._redis: redis.Redis | None = None
         self._store: JobStore | None = None
         self._redis_ok = True
+        self._generation = 0
 
     def on_start(self) -> None:
         self._redis = redis.Redis.from_url(self._redis_url, **client_options())
         self._store = JobStore(self._redis, self._q)
-        self.actor_ref.tell(Poll())
+        self._schedule_poll(0)
 
     def on_stop(self) -> None:
         # A restart (or a stop before the drain) puts running chunks back in the queue at once;
@@ -121,8 +124,9 @@ class QueueConsumer(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case Poll():
-                self._poll()
+            case Poll(generation):
+                if generation == self._generation:
+                    self._poll()
                 return None
             case ChunkTranscribed(delivery, slot, result, engine_s):
                 self._finished(delivery, slot)
@@ -169,10 +173,11 @@ class QueueConsumer(SupervisedActor):
         self._schedule_poll(0 if took else (self._q.poll_s if self._free_slots() == 0 or self._draining else 0))
 
     def _schedule_poll(self, delay_s: float) -> None:
+        self._generation += 1
         if delay_s <= 0:
-            self.actor_ref.tell(Poll())
+            self.actor_ref.tell(Poll(self._generation))
             return
-        timer = threading.Timer(delay_s, _tell_if_alive, [self.actor_ref, Poll()])
+        timer = threading.Timer(delay_s, _tell_if_alive, [self.actor_ref, Poll(self._generation)])
         timer.daemon = True
         timer.start()
 
@@ -254,6 +259,8 @@ class QueueConsumer(SupervisedActor):
     def _finished(self, delivery: Delivery, slot: str) -> None:
         if self._running.pop(delivery.entry_id, None) is not None:
             self._slots.release(slot)
+            if not self._draining:
+                self._schedule_poll(0)  # a slot is free: take the next task now, not at the next timer
 
     def _hand_back(self) -> int:
         handed = 0
