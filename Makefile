@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-installed
 TEST_STAMP := $(VENV)/.test-installed
+BENCH_STAMP := $(VENV)/.bench-installed
 # The Mac's engine where it runs: natively on Apple Silicon, MLX's CPU build on Linux (for the tests).
 ifeq ($(shell uname -s),Linux)
 TEST_EXTRAS := redis,dev,mlx-cpu
@@ -48,9 +49,18 @@ tools:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; } \
 		|| echo "promtool is missing (apt-get install prometheus): its test will be skipped"
 
-bench: $(TEST_STAMP)
+$(BENCH_STAMP): $(TEST_STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[$(TEST_EXTRAS),bench]"
+	touch $@
+
+# Every benchmark (about 15 minutes on 2 cores), then docs/PERFORMANCE.md and its plots.
+bench: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/sync_latency.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/longform.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/scaleout.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/memory.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
