@@ -61,7 +61,7 @@ def run(nodes: int, wav: Path, chunk_s: float, folder: Path) -> dict[str, Any]:
         for server in servers:
             common.wait_healthy(server)
         body, content_type = common.multipart_body(wav, "en")
-        split_s, wall_s, data = common.run_job(servers[0].port, body, content_type, poll_s=0.02)
+        split_s, wall_s, data = common.run_job(servers[0].port, body, content_type, poll_s=0.005)
         chunks, slots = len(data["chunks"]), 2 * nodes
         ideal_s = math.ceil(chunks / slots) * chunk_s
         after_split = wall_s - split_s
@@ -71,6 +71,7 @@ def run(nodes: int, wav: Path, chunk_s: float, folder: Path) -> dict[str, Any]:
             "ratio": round(after_split / ideal_s, 3),
             "overhead_ms_per_chunk": round((after_split - ideal_s) * slots / chunks * 1000, 1),
             "nodes_used": sorted({c["node"] for c in data["chunks"]}),
+            "chunk_times": [(c["node"], c["startedAt"], c["finishedAt"]) for c in data["chunks"]],
             "log_problems": [line for s in servers for line in s.log_problems()],
         }  # fmt: skip
     finally:
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = (
         f"- A {file_s / 60:.1f}-minute recording; queue nodes with 2 slots each and a BENCH-ONLY engine taking "
         f"{args.chunk_seconds:.1f} s per chunk; one api_only node; one redis-server; all on this machine.\n"
-        "- wall = from the 202 to the job completed (polled every 20 ms); ideal = ceil(chunks / slots) × chunk time; "
+        "- wall = from the 202 to the job completed (polled every 5 ms); ideal = ceil(chunks / slots) × chunk time; "
         "overhead per chunk = (wall − ideal) × slots ÷ chunks."
     )
     common.write_results(

@@ -129,11 +129,11 @@ class QueueConsumer(SupervisedActor):
                     self._poll()
                 return None
             case ChunkTranscribed(delivery, slot, result, engine_s):
+                # The slot already sent the result to the ResultActor: here only the slot is freed.
                 self._finished(delivery, slot)
                 self._metrics.observe_transcription(
                     "async", result["language"], self._engine, engine_s, result["duration_s"]
                 )
-                self._tell_result(RecordChunk(delivery, {**result, "node": self._consumer, "engine_s": engine_s}))
                 return None
             case ChunkFailed(delivery, slot, reason):
                 self._finished(delivery, slot)
@@ -249,7 +249,8 @@ class QueueConsumer(SupervisedActor):
         options = self._options.get(task.language) or self._options["auto"]
         try:
             ref = self._lookup(slot)
-            ref.tell(TranscribeChunk(delivery, flac, options, self.actor_ref))
+            record_to = self._lookup(self._result_name)
+            ref.tell(TranscribeChunk(delivery, flac, options, self.actor_ref, record_to, self._consumer))
         except pykka.ActorDeadError:
             self._slots.release(slot)
             self.store.hand_back(delivery)

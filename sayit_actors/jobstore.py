@@ -309,7 +309,8 @@ def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     for index, chunk in enumerate(chunks):
         offset = chunk["start_s"]
         done_by.append({"index": index, "start": offset, "duration": chunk["duration_s"],
-                        "language": chunk["language"], "node": chunk.get("node")})  # fmt: skip
+                        "language": chunk["language"], "node": chunk.get("node"),
+                        "startedAt": chunk.get("started_at"), "finishedAt": chunk.get("finished_at")})  # fmt: skip
         for start, end, text in chunk["segments"]:
             segments.append({"start": round(start + offset, 3), "end": round(end + offset, 3), "text": text,
                              "language": chunk["language"]})  # fmt: skip

@@ -25,6 +25,7 @@ from sayit_actors.chunking import from_flac
 from sayit_actors.engine import Engine, Transcript, TranscriptionOptions
 from sayit_actors.errors import EngineFailure
 from sayit_actors.jobstore import Delivery
+from sayit_actors.result import RecordChunk
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,15 @@ class Transcribed:
 
 @dataclass(frozen=True)
 class TranscribeChunk:
+    """A queued chunk: its result goes straight to ``record_to`` (the ResultActor), and
+    ``reply_to`` (the QueueConsumer, which may be waiting on a stream read) learns the slot is free."""
+
     delivery: Delivery
     flac: bytes
     options: TranscriptionOptions
     reply_to: pykka.ActorRef[Any]
+    record_to: pykka.ActorRef[Any]
+    node: str
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class WhisperActor(SupervisedActor):
         return Transcribed(transcript, time.perf_counter() - started)
 
     def _chunk(self, msg: TranscribeChunk) -> None:
+        started_at = time.time()
         try:
             samples = from_flac(msg.flac)
         except Exception as exc:  # corrupt chunk audio: the queue retries, then dead-letters it
@@ -122,7 +129,16 @@ class WhisperActor(SupervisedActor):
             "text": t.text,
             "language": t.language,
             "segments": [[s.start, s.end, s.text] for s in t.segments],
+            "started_at": round(started_at, 3),
+            "finished_at": round(time.time(), 3),
+            "node": msg.node,
+            "engine_s": round(done.engine_s, 3),
         }
+        try:
+            msg.record_to.tell(RecordChunk(msg.delivery, result))
+        except pykka.ActorDeadError:  # the ResultActor is restarting: the chunk will be redelivered
+            log.warning("chunk %d of job %s not recorded: the ResultActor is restarting", msg.delivery.task.index,
+                        msg.delivery.task.job_id)  # fmt: skip
         _reply(msg, ChunkTranscribed(msg.delivery, self.name, result, done.engine_s))
 
 
