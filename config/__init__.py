@@ -7,6 +7,7 @@ from config.settings import (
     Limits,
     QueueSettings,
     Settings,
+    SilenceSettings,
     WorkerMode,
     load_settings,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Limits",
     "QueueSettings",
     "Settings",
+    "SilenceSettings",
     "WorkerMode",
     "load_profiles",
     "load_settings",

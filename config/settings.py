@@ -71,6 +71,29 @@ class QueueSettings:
     poll_s: float = 0.5
 
 
+# Text Whisper is known to invent over silence (dropped only where no speech is heard).
+INVENTED_PHRASES = (
+    "시청해주셔서 감사합니다",
+    "시청해 주셔서 감사합니다",
+    "구독과 좋아요 부탁드립니다",
+    "thanks for watching",
+    "thank you for watching",
+    "thank you",
+    "you",
+    "please subscribe",
+    "i'm sorry",
+)
+
+
+@dataclass(frozen=True)
+class SilenceSettings:
+    """Voice-activity filtering and dropping text invented over silence."""
+
+    vad: str = "long"  # long: queued chunks only | all | off
+    invented_phrases: tuple[str, ...] = INVENTED_PHRASES
+    no_speech_threshold: float = 0.6
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "0.0.0.0"
@@ -86,6 +109,7 @@ class Settings:
     engine: EngineSettings = EngineSettings()
     limits: Limits = Limits()
     queue: QueueSettings = QueueSettings()
+    silence: SilenceSettings = SilenceSettings()
     profiles: Mapping[str, LanguageProfile] = field(default_factory=load_profiles)
 
     @property
@@ -198,10 +222,17 @@ _QUEUE: dict[str, Callable[[str], Any]] = {
 }
 
 
+_SILENCE: dict[str, Callable[[str], Any]] = {
+    "vad": _choice("long", "all", "off"),
+    "invented_phrases": _list,
+    "no_speech_threshold": _float(0.0),
+}
+
+
 def known_variables() -> set[str]:
     """Every environment variable the settings read."""
     names = {env or f"SAYIT_{name.upper()}" for name, (_, env) in _TOP.items()}
-    names |= {f"SAYIT_{name.upper()}" for table in (_ENGINE, _LIMITS, _QUEUE) for name in table}
+    names |= {f"SAYIT_{name.upper()}" for table in (_ENGINE, _LIMITS, _QUEUE, _SILENCE) for name in table}
     return names | {"SAYIT_CONFIG", "SAYIT_LOG_LEVEL"}
 
 
@@ -249,6 +280,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     engine = {k: v for k, p in _ENGINE.items() if (v := _read(k, p, env, toml)) is not None}
     limits = {k: v for k, p in _LIMITS.items() if (v := _read(k, p, env, toml)) is not None}
     queue = {k: v for k, p in _QUEUE.items() if (v := _read(k, p, env, toml)) is not None}
+    silence = {k: v for k, p in _SILENCE.items() if (v := _read(k, p, env, toml)) is not None}
 
     mode = WorkerMode(top.pop("worker_mode", WorkerMode.ALL))
     top.setdefault("max_concurrent_chunks", DEFAULT_SLOTS[mode])
@@ -264,6 +296,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         "engine": EngineSettings(**engine),
         "limits": Limits(**limits),
         "queue": QueueSettings(**queue),
+        "silence": SilenceSettings(**silence),
         "profiles": profiles,
     }
     for key, value in overrides.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -19,9 +20,10 @@ from aiohttp import BodyPartReader, web
 from config import Settings
 from http_edge.cluster import live_nodes
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, SETTINGS
-from sayit_actors import errors, keys, system
+from sayit_actors import errors, formats, keys, system
 from sayit_actors.audio import AudioInfo
-from sayit_actors.dispatcher import Dispatch, Enqueue, JobTicket, Mode, Plan
+from sayit_actors.dispatcher import Choices, Dispatch, Enqueue, JobTicket, Mode, Plan
+from sayit_actors.engine import Segment
 from sayit_actors.probe import Probe
 from sayit_actors.result import GetJob, JobView, RecordRequest, today
 from sayit_actors.upload import Accept, IncomingFile, Release, Upload
@@ -30,7 +32,7 @@ from sayit_actors.whisper import Transcribe, Transcribed
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
-MAX_FIELD_BYTES = 1024
+MAX_FIELD_BYTES = 4096  # a prompt of a few hundred words
 LANGUAGES = ("ko", "en", "auto")
 QUEUE_TIMEOUT_S = 120.0  # decoding and splitting a 100 MB upload
 REAL_TIME_FACTOR = 0.1  # engine seconds per audio second before any is measured (base, int8, one CPU slot)
@@ -38,8 +40,27 @@ MIN_MEASURED_AUDIO_MS = 30_000
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-async def _read_form(request: web.Request, settings: Settings) -> tuple[IncomingFile, str, str, str]:
-    """The streamed file part, its display name and MIME hint, and the language field."""
+@dataclass
+class Form:
+    """A multipart upload: the streamed file part and the text fields beside it."""
+
+    file: IncomingFile
+    filename: str
+    mime: str
+    fields: dict[str, str]
+
+    def field(self, name: str, default: str = "") -> str:
+        return self.fields.get(name, default).strip()
+
+    def flag(self, name: str) -> bool:
+        value = self.field(name, "false").lower()
+        if value not in ("true", "false", "1", "0", ""):
+            raise errors.InvalidRequest(f"{name} must be true or false")
+        return value in ("true", "1")
+
+
+async def read_form(request: web.Request, settings: Settings) -> Form:
+    """Stream the ``file`` part to disk (stopped at the size limit) and read the text fields."""
     limit = settings.limits.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD_BYTES:
         raise errors.FileTooLarge(f"limit {limit // (1024 * 1024)} MB")
@@ -47,7 +68,7 @@ async def _read_form(request: web.Request, settings: Settings) -> tuple[Incoming
         raise errors.FileRequired()
     reader = await request.multipart()
     incoming: IncomingFile | None = None
-    filename, mime, language = "", "", "auto"
+    filename, mime, fields = "", "", {}
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
@@ -58,41 +79,50 @@ async def _read_form(request: web.Request, settings: Settings) -> tuple[Incoming
                 while chunk := await part.read_chunk(CHUNK_BYTES):
                     incoming.write(chunk)
                 incoming.close()
-            elif part.name == "language":
+            elif part.name:
                 raw = await part.read(decode=True)
                 if len(raw) > MAX_FIELD_BYTES:
-                    raise errors.InvalidLanguage()
-                language = raw.decode("utf-8", errors="replace").strip().lower() or "auto"
+                    raise errors.InvalidRequest(f"the field {part.name[:40]!r} is longer than {MAX_FIELD_BYTES} bytes")
+                fields[part.name] = raw.decode("utf-8", errors="replace")
     except BaseException:
         if incoming is not None:
             incoming.discard()
         raise
     if incoming is None:
         raise errors.FileRequired()
-    if language not in LANGUAGES:
-        incoming.discard()
-        raise errors.InvalidLanguage(f"got {language[:20]!r}")
-    return incoming, filename, mime, language
+    return Form(incoming, filename, mime, fields)
 
 
-async def transcribe(request: web.Request) -> web.Response:
+@dataclass(frozen=True)
+class Outcome:
+    """What became of an upload: transcribed at once (``done``) or queued (``plan.job``)."""
+
+    plan: Plan
+    info: AudioInfo
+    filename: str
+    elapsed_s: float
+    done: Transcribed | None
+
+
+async def process(request: web.Request, form: Form, language: str, choices: Choices) -> Outcome:
+    """Walk an upload through the actors; the upload file is released whatever happens."""
     settings, actors, bridge = request.app[SETTINGS], request.app[ACTORS], request.app[BRIDGE]
     started = time.perf_counter()
     success, audio_s = False, 0.0
+    done: Transcribed | None = None
     try:
-        incoming, filename, mime, language = await _read_form(request, settings)
         try:
             upload: Upload = await bridge.ask(
                 lambda: actors.ref(system.UPLOAD),
-                Accept(incoming.path, filename, mime, incoming.size_bytes, incoming.sha256),
+                Accept(form.file.path, form.filename, form.mime, form.file.size_bytes, form.file.sha256),
             )
         except BaseException:
-            incoming.discard()  # the UploadActor deletes it too, unless it never got the message
+            form.file.discard()  # the UploadActor deletes it too, unless it never got the message
             raise
         try:
             info: AudioInfo = await bridge.ask(lambda: actors.ref(system.PROBE), Probe(upload.path, upload.format))
             audio_s = info.duration_s
-            dispatch = Dispatch(upload.path, upload.size_bytes, info, language, upload.filename)
+            dispatch = Dispatch(upload.path, upload.size_bytes, info, language, upload.filename, choices)
             plan: Plan = await bridge.ask(lambda: actors.ref(system.DISPATCHER), dispatch, timeout_s=QUEUE_TIMEOUT_S)
             if plan.mode is Mode.SYNC:
                 # Every slot busy: a queue that has workers takes the upload at once (202);
@@ -106,34 +136,75 @@ async def transcribe(request: web.Request) -> web.Response:
                 elif slot is None:
                     raise errors.ServerBusy(retry_after_s=settings.limits.retry_after_s)
                 else:
-                    done: Transcribed = await bridge.ask(
+                    done = await bridge.ask(
                         lambda: actors.ref(slot),
                         Transcribe(upload.path, info.duration_s, plan.options),
                         timeout_s=settings.limits.transcribe_timeout_s,
                         then=lambda: actors.slots.release(slot),
                     )
+                    _observe(request, plan, done, info)
         finally:
             _tell(actors, system.UPLOAD, Release(upload.id))
         success = True
     finally:
         elapsed = time.perf_counter() - started
         _tell(actors, system.RESULT, RecordRequest(success, elapsed, audio_s))
-    if plan.job is not None:
-        return web.json_response(await _accepted(request, plan.job, info), status=202)
-    transcript = done.transcript
-    _observe(request, plan, done, info)
+    return Outcome(plan, info, upload.filename, elapsed, done)
+
+
+def segment_view(segment: Segment, words: bool) -> dict[str, Any]:
+    view: dict[str, Any] = {"start": segment.start, "end": segment.end, "text": segment.text}
+    if words:
+        view["words"] = [{"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
+                         for w in segment.words]  # fmt: skip
+    return view
+
+
+def _format_response(fmt: str, segments: list[dict[str, Any]], data: dict[str, Any], status: int = 200) -> web.Response:
+    if fmt == "json":
+        return web.json_response({"success": True, "data": data}, status=status)
+    return web.Response(text=formats.render(fmt, segments), content_type=formats.CONTENT_TYPES[fmt], status=status)
+
+
+def native_choices(form: Form) -> tuple[str, str, Choices]:
+    """language, format and the request's decoding choices from the native API's fields."""
+    language = form.field("language", "auto").lower() or "auto"
+    if language not in LANGUAGES:
+        raise errors.InvalidLanguage(f"got {language[:20]!r}")
+    fmt = form.field("format", "json").lower() or "json"
+    if fmt not in formats.FORMATS:
+        raise errors.InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}")
+    prompt = form.field("prompt") or None
+    return language, fmt, Choices(word_timestamps=form.flag("wordTimestamps"), prompt=prompt)
+
+
+async def transcribe(request: web.Request) -> web.Response:
+    form = await read_form(request, request.app[SETTINGS])
+    try:
+        language, fmt, choices = native_choices(form)
+    except errors.SayitError:
+        form.file.discard()
+        _tell(request.app[ACTORS], system.RESULT, RecordRequest(False, 0.0))
+        raise
+    outcome = await process(request, form, language, choices)
+    if outcome.plan.job is not None:
+        return web.json_response(await _accepted(request, outcome.plan.job, outcome.info), status=202)
+    assert outcome.done is not None
+    transcript = outcome.done.transcript
+    segments = [segment_view(s, choices.word_timestamps) for s in transcript.segments]
     data: dict[str, Any] = {
-        "mode": plan.mode.value,
+        "mode": outcome.plan.mode.value,
         "transcription": transcript.text,
         "language": transcript.language,
         "languageProbability": transcript.language_probability,
-        "duration": round(info.duration_s, 3),
-        "processingTime": round(elapsed, 3),
-        "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in transcript.segments],
-        "filename": upload.filename,
+        "duration": round(outcome.info.duration_s, 3),
+        "processingTime": round(outcome.elapsed_s, 3),
+        "segments": segments,
+        "droppedSegments": outcome.done.dropped,
+        "filename": outcome.filename,
         "options": transcript.options.to_dict(),
     }
-    return web.json_response({"success": True, "data": data})
+    return _format_response(fmt, segments, data)
 
 
 async def _accepted(request: web.Request, job: JobTicket, info: AudioInfo) -> dict[str, Any]:
@@ -180,6 +251,9 @@ async def job_status(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     if not JOB_ID.match(job_id):
         raise errors.JobNotFound()
+    fmt = request.query.get("format", "json")
+    if fmt not in formats.FORMATS:
+        raise errors.InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}")
     view: JobView | None = await bridge.ask(lambda: actors.ref(system.RESULT), GetJob(job_id))
     if view is None:
         raise errors.JobNotFound()
@@ -201,6 +275,9 @@ async def job_status(request: web.Request) -> web.Response:
         finished_ms = int(job.get("finished_at", created_ms))
         data.update(view.result)
         data["processingTime"] = round((finished_ms - created_ms) / 1000, 3)
+        return _format_response(fmt, data["segments"], data)
+    if fmt != "json":  # subtitles exist only once the job is done
+        return web.json_response({"success": True, "data": data}, status=409 if job.get("status") == "failed" else 202)
     return web.json_response({"success": True, "data": data})
 
 

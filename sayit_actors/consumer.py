@@ -27,8 +27,8 @@ from typing import Any
 import pykka
 import redis
 
-from config import QueueSettings
-from sayit_actors.engine import TranscriptionOptions
+from config import LanguageProfile, QueueSettings
+from sayit_actors.dispatcher import Choices, options_for
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import client_options
@@ -76,7 +76,8 @@ class QueueConsumer(SupervisedActor):
         queue: QueueSettings,
         slots: SlotPool,
         lookup: Callable[[str], pykka.ActorRef[Any]],
-        options: Mapping[str, TranscriptionOptions],
+        profiles: Mapping[str, LanguageProfile],
+        vad: bool,
         node: dict[str, Any],
         result_name: str,
         metrics: Metrics,
@@ -87,7 +88,8 @@ class QueueConsumer(SupervisedActor):
         self._q = queue
         self._slots = slots
         self._lookup = lookup
-        self._options = options
+        self._profiles = profiles
+        self._vad = vad
         self._node = node
         self._result_name = result_name
         self._metrics = metrics
@@ -234,7 +236,8 @@ class QueueConsumer(SupervisedActor):
 
     def _start(self, delivery: Delivery) -> None:
         task = delivery.task
-        if self.store.job_status(task.job_id) in (None, "failed", "completed"):
+        status, choices = self.store.job_status(task.job_id)
+        if status in (None, "failed", "completed"):
             self._tell_result(RecordChunk(delivery, {}))  # acks it; a settled job records nothing
             return
         slot = self._slots.acquire(0)
@@ -246,7 +249,8 @@ class QueueConsumer(SupervisedActor):
             self._slots.release(slot)
             self._tell_result(ChunkFailure(delivery, f"chunk {task.index} audio is missing"))
             return
-        options = self._options.get(task.language) or self._options["auto"]
+        profile = self._profiles.get(task.language) or self._profiles["auto"]
+        options = options_for(profile, Choices(**choices), vad=self._vad)
         try:
             ref = self._lookup(slot)
             record_to = self._lookup(self._result_name)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pykka
 
-from config import LanguageProfile, Limits, QueueSettings
+from config import LanguageProfile, Limits, QueueSettings, SilenceSettings
 from sayit_actors import audio, chunking
 from sayit_actors.audio import AudioInfo
 from sayit_actors.engine import TranscriptionOptions
@@ -33,12 +33,22 @@ class Mode(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Choices:
+    """What a request chose beyond its language: word timings and a prompt (hotwords or context)."""
+
+    word_timestamps: bool = False
+    prompt: str | None = None
+    task: str = "transcribe"
+
+
+@dataclass(frozen=True)
 class Dispatch:
     path: Path
     size_bytes: int
     info: AudioInfo
     language: str
     filename: str
+    choices: Choices = Choices()
 
 
 @dataclass(frozen=True)
@@ -69,41 +79,56 @@ class Dispatcher(SupervisedActor):
         *,
         limits: Limits,
         queue: QueueSettings,
+        silence: SilenceSettings,
         profiles: Mapping[str, LanguageProfile],
         result: Callable[[], pykka.ActorRef[Any]],
     ) -> None:
         super().__init__(supervisor, name)
         self._limits = limits
         self._queue = queue
-        self._options = {lang: TranscriptionOptions.from_profile(p) for lang, p in profiles.items()}
+        self._vad_sync = silence.vad == "all"
+        self._profiles = profiles
         self._result = result
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case Dispatch():
-                options = self._options_for(message.language)
+                options = self._options_for(message)
                 if self.mode_for(message.size_bytes, message.info.duration_s) is Mode.SYNC:
                     return Plan(Mode.SYNC, options)
                 return self._enqueue(message, options)
             case Enqueue(dispatch):
-                return self._enqueue(dispatch, self._options_for(dispatch.language))
+                return self._enqueue(dispatch, self._options_for(dispatch))
         raise TypeError(f"unexpected message {message!r}")
 
     def mode_for(self, size_bytes: int, duration_s: float) -> Mode:
         short = duration_s <= self._limits.sync_max_duration_s and size_bytes <= self._limits.sync_max_bytes
         return Mode.SYNC if short else Mode.ASYNC
 
-    def _options_for(self, language: str) -> TranscriptionOptions:
-        options = self._options.get(language)
-        if options is None:
+    def _options_for(self, msg: Dispatch) -> TranscriptionOptions:
+        profile = self._profiles.get(msg.language)
+        if profile is None:
             raise InvalidLanguage()
-        return options
+        return options_for(profile, msg.choices, vad=self._vad_sync)
 
     def _enqueue(self, msg: Dispatch, options: TranscriptionOptions) -> Plan:
         job_id = uuid.uuid4().hex
         with self.doing(f"splitting a {msg.info.duration_s:.0f} s upload into job {job_id}"):
             samples = audio.decode(msg.path, msg.info.duration_s)
             chunks = chunking.split(samples, self._queue.chunk_s)
-            create = CreateJob(job_id, msg.language, samples.shape[0] / audio.SAMPLE_RATE, chunks, msg.filename)
+            duration_s = samples.shape[0] / audio.SAMPLE_RATE
+            create = CreateJob(job_id, msg.language, duration_s, chunks, msg.filename, asdict(msg.choices))
             self._result().ask(create, timeout=60)
         return Plan(Mode.ASYNC, options, JobTicket(job_id, len(chunks)))
+
+
+def options_for(profile: LanguageProfile, choices: Choices, vad: bool) -> TranscriptionOptions:
+    """A request's decoding options: its language profile, its choices, the node's VAD setting."""
+    return TranscriptionOptions.from_profile(
+        profile,
+        word_timestamps=choices.word_timestamps,
+        initial_prompt=choices.prompt,
+        hotwords=choices.prompt,
+        vad_filter=vad,
+        task=choices.task,
+    )

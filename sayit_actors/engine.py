@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,10 +32,18 @@ class TranscriptionOptions:
     best_of: int
     temperatures: tuple[float, ...]
     condition_on_previous_text: bool
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+    vad_filter: bool = False
+    no_speech_threshold: float = 0.6
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    task: str = "transcribe"  # or "translate" (to English)
 
     @classmethod
-    def from_profile(cls, profile: LanguageProfile) -> TranscriptionOptions:
-        return cls(
+    def from_profile(cls, profile: LanguageProfile, **overrides: Any) -> TranscriptionOptions:
+        options = cls(
             profile=profile.name,
             language=profile.language,
             beam_size=profile.beam_size,
@@ -44,6 +52,7 @@ class TranscriptionOptions:
             temperatures=profile.temperatures(),
             condition_on_previous_text=profile.condition_on_previous_text,
         )
+        return replace(options, **overrides) if overrides else options
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -52,10 +61,22 @@ class TranscriptionOptions:
 
 
 @dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
 class Segment:
     start: float
     end: float
     text: str
+    words: tuple[Word, ...] = ()
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
 
 
 @dataclass(frozen=True)

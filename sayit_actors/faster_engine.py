@@ -16,7 +16,7 @@ from faster_whisper import WhisperModel
 
 from config import EngineSettings
 from sayit_actors import model_store
-from sayit_actors.engine import EngineUnavailable, Segment, Transcript, TranscriptionOptions, join_text
+from sayit_actors.engine import EngineUnavailable, Segment, Transcript, TranscriptionOptions, Word, join_text
 
 log = logging.getLogger(__name__)
 _HUB_MODELS = ("tiny", "base", "small", "medium", "large-v2", "large-v3")
@@ -97,14 +97,33 @@ class FasterWhisperEngine:
         segments_iter, info = self._model.transcribe(
             audio,
             language=options.language,
+            task=options.task,
             beam_size=options.beam_size,
             patience=options.patience,
             best_of=options.best_of,
             temperature=list(options.temperatures),
             condition_on_previous_text=options.condition_on_previous_text,
+            word_timestamps=options.word_timestamps,
+            initial_prompt=options.initial_prompt,
+            hotwords=options.hotwords,
+            vad_filter=options.vad_filter,  # Silero VAD, bundled with faster-whisper
+            no_speech_threshold=options.no_speech_threshold,
+            compression_ratio_threshold=options.compression_ratio_threshold,
+            log_prob_threshold=options.log_prob_threshold,
         )
         segments = tuple(
-            Segment(start=round(s.start, 3), end=round(s.end, 3), text=s.text.strip()) for s in segments_iter
+            Segment(
+                start=round(s.start, 3),
+                end=round(s.end, 3),
+                text=s.text.strip(),
+                words=tuple(
+                    Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4)) for w in s.words or ()
+                ),
+                no_speech_prob=round(s.no_speech_prob, 4),
+                avg_logprob=round(s.avg_logprob, 4),
+                compression_ratio=round(s.compression_ratio, 4),
+            )
+            for s in segments_iter
         )
         return Transcript(
             text=join_text(segments),

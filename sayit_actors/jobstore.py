@@ -140,7 +140,15 @@ class JobStore:
         self._move_due = client.register_script(_MOVE_DUE)
 
     # --- jobs --------------------------------------------------------------------------------
-    def create(self, job_id: str, language: str, duration_s: float, chunks: list[Chunk], filename: str) -> None:
+    def create(
+        self,
+        job_id: str,
+        language: str,
+        duration_s: float,
+        chunks: list[Chunk],
+        filename: str,
+        choices: dict[str, Any] | None = None,
+    ) -> None:
         """Store the chunks' audio, the job and its tasks; raises QueueFull over the audio budget."""
         audio_keys = [keys.chunk_audio(job_id, c.index) for c in chunks]
         with self.r.pipeline(transaction=False) as pipe:
@@ -155,6 +163,7 @@ class JobStore:
         fields = {
             "status": "queued", "language": language, "duration_ms": round(duration_s * 1000),
             "total": len(chunks), "done": 0, "queued_ms": job_ms, "created_at": now_ms(), "filename": filename,
+            "choices": json.dumps(choices or {}),
         }  # fmt: skip
         created = self._create(
             keys=[keys.QUEUED_AUDIO_MS, keys.job(job_id), keys.CHUNKS, *audio_keys],
@@ -288,9 +297,10 @@ class JobStore:
         data = self.r.get(keys.chunk_audio(task.job_id, task.index))
         return data
 
-    def job_status(self, job_id: str) -> str | None:
-        status = self.r.hget(keys.job(job_id), "status")
-        return status.decode() if status else None
+    def job_status(self, job_id: str) -> tuple[str | None, dict[str, Any]]:
+        """The job's status (None when it does not exist) and the choices it was submitted with."""
+        status, choices = self.r.hmget(keys.job(job_id), ["status", "choices"])
+        return (status.decode() if status else None), (json.loads(choices) if choices else {})
 
     # --- nodes -------------------------------------------------------------------------------
     def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:
@@ -301,7 +311,7 @@ class JobStore:
 
 
 def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """One transcript from chunk results in order: segments shifted by each chunk's start."""
+    """One transcript from chunk results in order: segments (and words) shifted by each chunk's start."""
     segments: list[dict[str, Any]] = []
     texts: list[str] = []
     seconds_by_language: Counter[str] = Counter()
@@ -311,9 +321,13 @@ def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         done_by.append({"index": index, "start": offset, "duration": chunk["duration_s"],
                         "language": chunk["language"], "node": chunk.get("node"),
                         "startedAt": chunk.get("started_at"), "finishedAt": chunk.get("finished_at")})  # fmt: skip
-        for start, end, text in chunk["segments"]:
-            segments.append({"start": round(start + offset, 3), "end": round(end + offset, 3), "text": text,
-                             "language": chunk["language"]})  # fmt: skip
+        for start, end, text, *words in chunk["segments"]:
+            segment = {"start": round(start + offset, 3), "end": round(end + offset, 3), "text": text,
+                       "language": chunk["language"]}  # fmt: skip
+            if words:
+                segment["words"] = [{"start": round(ws + offset, 3), "end": round(we + offset, 3), "word": w,
+                                     "probability": p} for ws, we, w, p in words[0]]  # fmt: skip
+            segments.append(segment)
         if chunk["text"]:
             texts.append(chunk["text"])
         seconds_by_language[chunk["language"]] += chunk["duration_s"]
@@ -323,5 +337,6 @@ def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         "language": languages[0] if languages else "",
         "languages": languages,
         "segments": segments,
+        "droppedSegments": sum(int(chunk.get("dropped", 0)) for chunk in chunks),
         "chunks": done_by,
     }

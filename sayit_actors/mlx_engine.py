@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from config import EngineSettings
-from sayit_actors.engine import EngineUnavailable, Segment, Transcript, TranscriptionOptions, join_text
+from sayit_actors.engine import EngineUnavailable, Segment, Transcript, TranscriptionOptions, Word, join_text
 from sayit_actors.mlx_convert import ConversionError, ensure_converted
 
 log = logging.getLogger(__name__)
@@ -141,11 +141,33 @@ class MlxEngine:
             temperature=options.temperatures,
             condition_on_previous_text=options.condition_on_previous_text,
             language=options.language,
+            task=options.task,
             best_of=options.best_of,
+            word_timestamps=options.word_timestamps,
+            initial_prompt=options.initial_prompt or options.hotwords,  # no hotwords in mlx-whisper
+            no_speech_threshold=options.no_speech_threshold,
+            compression_ratio_threshold=options.compression_ratio_threshold,
+            logprob_threshold=options.log_prob_threshold,
             fp16=self.compute_type == "float16",
         )
         segments = tuple(
-            Segment(start=round(float(s["start"]), 3), end=round(float(s["end"]), 3), text=str(s["text"]).strip())
+            Segment(
+                start=round(float(s["start"]), 3),
+                end=round(float(s["end"]), 3),
+                text=str(s["text"]).strip(),
+                words=tuple(
+                    Word(
+                        round(float(w["start"]), 3),
+                        round(float(w["end"]), 3),
+                        str(w["word"]),
+                        round(float(w["probability"]), 4),
+                    )
+                    for w in s.get("words", ())
+                ),
+                no_speech_prob=round(float(s.get("no_speech_prob", 0.0)), 4),
+                avg_logprob=round(float(s.get("avg_logprob", 0.0)), 4),
+                compression_ratio=round(float(s.get("compression_ratio", 0.0)), 4),
+            )
             for s in result["segments"]
         )
         return Transcript(

@@ -46,6 +46,7 @@ class CreateJob:
     duration_s: float
     chunks: list[Chunk]
     filename: str
+    choices: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,8 @@ class ResultActor(SupervisedActor):
                 return self._record_request(message)
             case GetStats(day):
                 return self._stats(day or today())
-            case CreateJob(job_id, language, duration_s, chunks, filename):
-                return self.store.create(job_id, language, duration_s, chunks, filename)
+            case CreateJob(job_id, language, duration_s, chunks, filename, choices):
+                return self.store.create(job_id, language, duration_s, chunks, filename, choices)
             case GetJob(job_id):
                 return self._get_job(job_id)
             case RecordChunk() | ChunkFailure():

@@ -18,7 +18,7 @@ import pykka
 from config import Settings, WorkerMode
 from sayit_actors.consumer import Drain, HandBack, QueueConsumer
 from sayit_actors.dispatcher import Dispatcher
-from sayit_actors.engine import Engine, TranscriptionOptions
+from sayit_actors.engine import Engine
 from sayit_actors.metrics import Metrics
 from sayit_actors.probe import DurationProbe
 from sayit_actors.result import ResultActor
@@ -66,14 +66,17 @@ class ActorSystem:
                         name,
                         limits=limits,
                         queue=queue,
+                        silence=settings.silence,
                         profiles=settings.profiles,
                         result=lambda: self.directory.get(RESULT),
                     ),
                 ),
             ]
-        specs += [ChildSpec(s, "WhisperActor", lambda sup, name: WhisperActor.start(sup, name, engine)) for s in slots]
+        specs += [
+            ChildSpec(s, "WhisperActor", lambda sup, name: WhisperActor.start(sup, name, engine, settings.silence))
+            for s in slots
+        ]
         if self.consumes_queue:
-            options = {lang: TranscriptionOptions.from_profile(p) for lang, p in settings.profiles.items()}
             node = {"id": settings.worker_id, "role": mode.value, "slots": len(slots)}
             specs.append(
                 ChildSpec(
@@ -86,7 +89,8 @@ class ActorSystem:
                         queue=queue,
                         slots=self.slots,
                         lookup=self.directory.get,
-                        options=options,
+                        profiles=settings.profiles,
+                        vad=settings.silence.vad in ("long", "all"),
                         node=node,
                         result_name=RESULT,
                         metrics=metrics,

@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 import pykka
 
+from config import SilenceSettings
 from sayit_actors import audio
 from sayit_actors.chunking import from_flac
-from sayit_actors.engine import Engine, Transcript, TranscriptionOptions
+from sayit_actors.engine import Engine, Segment, Transcript, TranscriptionOptions
 from sayit_actors.errors import EngineFailure
 from sayit_actors.jobstore import Delivery
 from sayit_actors.result import RecordChunk
+from sayit_actors.silence import drop_invented
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Transcribe:
 class Transcribed:
     transcript: Transcript
     engine_s: float
+    dropped: int = 0  # segments invented over silence, removed
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,12 @@ class EngineBroke(RuntimeError):
 
 
 class WhisperActor(SupervisedActor):
-    def __init__(self, supervisor: pykka.ActorRef[Supervisor], name: str, engine: Engine) -> None:
+    def __init__(
+        self, supervisor: pykka.ActorRef[Supervisor], name: str, engine: Engine, silence: SilenceSettings
+    ) -> None:
         super().__init__(supervisor, name)
         self._engine = engine
+        self._silence = silence
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -108,7 +114,11 @@ class WhisperActor(SupervisedActor):
             log.exception("engine failed in %s", self.name)
             self.actor_ref.tell(_EngineBroke(repr(exc)))
             raise EngineFailure() from exc
-        return Transcribed(transcript, time.perf_counter() - started)
+        engine_s = time.perf_counter() - started
+        transcript, dropped = drop_invented(
+            transcript, samples, self._silence.invented_phrases, self._silence.no_speech_threshold
+        )
+        return Transcribed(transcript, engine_s, dropped)
 
     def _chunk(self, msg: TranscribeChunk) -> None:
         started_at = time.time()
@@ -128,7 +138,8 @@ class WhisperActor(SupervisedActor):
             "duration_s": msg.delivery.task.duration_ms / 1000,
             "text": t.text,
             "language": t.language,
-            "segments": [[s.start, s.end, s.text] for s in t.segments],
+            "segments": [segment_record(s) for s in t.segments],
+            "dropped": done.dropped,
             "started_at": round(started_at, 3),
             "finished_at": round(time.time(), 3),
             "node": msg.node,
@@ -149,3 +160,11 @@ def _reply(msg: TranscribeChunk, answer: object) -> None:
     except pykka.ActorDeadError:
         log.info("chunk %d of job %s finished after its consumer restarted", msg.delivery.task.index,
                  msg.delivery.task.job_id)  # fmt: skip
+
+
+def segment_record(segment: Segment) -> list[Any]:
+    """A segment in a chunk result: [start, end, text] and, with word timestamps, its words."""
+    record: list[Any] = [segment.start, segment.end, segment.text]
+    if segment.words:
+        record.append([[w.start, w.end, w.word, w.probability] for w in segment.words])
+    return record

@@ -1,0 +1,55 @@
+"""No invented text over silence: Whisper writes "Thanks for watching" or "시청해주셔서 감사합니다"
+(or a repeated token) when it hears nothing. A segment is dropped when the voice-activity
+detector (faster-whisper's bundled Silero model) finds no speech in its span and either its text
+is one of the known inventions or the model itself rated it as probably not speech.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+from sayit_actors.audio import SAMPLE_RATE
+from sayit_actors.engine import Segment, Transcript, join_text
+
+_VAD = VadOptions(min_silence_duration_ms=500, speech_pad_ms=200)
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+def speech_regions(samples: np.ndarray) -> list[tuple[float, float]]:
+    """(start, end) seconds of the stretches the voice-activity detector hears speech in."""
+    return [(r["start"] / SAMPLE_RATE, r["end"] / SAMPLE_RATE) for r in get_speech_timestamps(samples, _VAD)]
+
+
+def _has_speech(segment: Segment, regions: Sequence[tuple[float, float]]) -> bool:
+    return any(start < segment.end and segment.start < end for start, end in regions)
+
+
+def _invented(segment: Segment, phrases: frozenset[str], no_speech_threshold: float) -> bool:
+    text = normalize(segment.text)
+    repeated = bool(text) and len(set(text.split(" "))) <= max(1, len(text.split(" ")) // 10)
+    return text in phrases or repeated or segment.no_speech_prob >= no_speech_threshold
+
+
+def drop_invented(
+    transcript: Transcript, samples: np.ndarray, phrases: Sequence[str], no_speech_threshold: float = 0.6
+) -> tuple[Transcript, int]:
+    """The transcript without segments invented over silence, and how many were dropped."""
+    if not transcript.segments:
+        return transcript, 0
+    regions = speech_regions(samples)
+    known = frozenset(normalize(p) for p in phrases)
+    kept = tuple(
+        s for s in transcript.segments if _has_speech(s, regions) or not _invented(s, known, no_speech_threshold)
+    )
+    dropped = len(transcript.segments) - len(kept)
+    if not dropped:
+        return transcript, 0
+    return replace(transcript, segments=kept, text=join_text(kept)), dropped
