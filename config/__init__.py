@@ -2,6 +2,7 @@
 
 from config.profiles import LanguageProfile, load_profiles
 from config.settings import (
+    ApiSettings,
     ConfigError,
     EngineSettings,
     Limits,
@@ -13,6 +14,7 @@ from config.settings import (
 )
 
 __all__ = [
+    "ApiSettings",
     "ConfigError",
     "EngineSettings",
     "LanguageProfile",

@@ -95,6 +95,19 @@ class SilenceSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """What clients get beyond the app's contract: OpenAI's route, callbacks, repeats."""
+
+    openai_wait_s: float = 600.0  # how long /v1/audio/* waits for a queued job (OpenAI's API is synchronous)
+    callback_hosts: tuple[str, ...] = ()  # the only hosts a callbackUrl may name; empty: callbacks refused
+    callback_secret: str | None = None  # signs each callback body (HMAC-SHA256); required for callbacks
+    callback_timeout_s: float = 10.0
+    callback_attempts: int = 3
+    result_cache: bool = True  # the same audio with the same options answers the stored result
+    idempotency_ttl_s: int = 24 * 3600
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "0.0.0.0"
     port: int = 3000
@@ -110,6 +123,7 @@ class Settings:
     limits: Limits = Limits()
     queue: QueueSettings = QueueSettings()
     silence: SilenceSettings = SilenceSettings()
+    api: ApiSettings = ApiSettings()
     profiles: Mapping[str, LanguageProfile] = field(default_factory=load_profiles)
 
     @property
@@ -229,10 +243,39 @@ _SILENCE: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _bool(raw: str) -> bool:
+    """true or false (also 1/0, yes/no, on/off)"""
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    """a comma-separated list of host names or addresses (no scheme, no path)"""
+    hosts = tuple(item.lower() for item in _list(raw))
+    if any("/" in host or " " in host for host in hosts):
+        raise ValueError
+    return hosts
+
+
+_API: dict[str, Callable[[str], Any]] = {
+    "openai_wait_s": _float(1.0),
+    "callback_hosts": _hosts,
+    "callback_secret": _text,
+    "callback_timeout_s": _float(0.1),
+    "callback_attempts": _int(1),
+    "result_cache": _bool,
+    "idempotency_ttl_s": _int(60),
+}
+
+
 def known_variables() -> set[str]:
     """Every environment variable the settings read."""
     names = {env or f"SAYIT_{name.upper()}" for name, (_, env) in _TOP.items()}
-    names |= {f"SAYIT_{name.upper()}" for table in (_ENGINE, _LIMITS, _QUEUE, _SILENCE) for name in table}
+    names |= {f"SAYIT_{name.upper()}" for table in (_ENGINE, _LIMITS, _QUEUE, _SILENCE, _API) for name in table}
     return names | {"SAYIT_CONFIG", "SAYIT_LOG_LEVEL"}
 
 
@@ -281,6 +324,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     limits = {k: v for k, p in _LIMITS.items() if (v := _read(k, p, env, toml)) is not None}
     queue = {k: v for k, p in _QUEUE.items() if (v := _read(k, p, env, toml)) is not None}
     silence = {k: v for k, p in _SILENCE.items() if (v := _read(k, p, env, toml)) is not None}
+    api = {k: v for k, p in _API.items() if (v := _read(k, p, env, toml)) is not None}
 
     mode = WorkerMode(top.pop("worker_mode", WorkerMode.ALL))
     top.setdefault("max_concurrent_chunks", DEFAULT_SLOTS[mode])
@@ -297,6 +341,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         "limits": Limits(**limits),
         "queue": QueueSettings(**queue),
         "silence": SilenceSettings(**silence),
+        "api": ApiSettings(**api),
         "profiles": profiles,
     }
     for key, value in overrides.items():
@@ -308,4 +353,6 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         raise ConfigError("SAYIT_CHUNK_S must be at most 30 (one Whisper window)")
     if settings.limits.sync_max_bytes > settings.limits.max_upload_bytes:
         raise ConfigError("SAYIT_SYNC_MAX_BYTES must not exceed SAYIT_MAX_UPLOAD_BYTES")
+    if settings.api.callback_hosts and not settings.api.callback_secret:
+        raise ConfigError("SAYIT_CALLBACK_HOSTS needs SAYIT_CALLBACK_SECRET: every callback is signed")
     return settings

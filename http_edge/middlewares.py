@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis
 from aiohttp import web
@@ -36,7 +37,7 @@ SECURITY_HEADERS = {
     "X-XSS-Protection": "0",
 }
 CORS_METHODS = "GET, POST"
-CORS_HEADERS = "Content-Type, Authorization"
+CORS_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
 
 
 def preferred_language(request: web.Request) -> str:
@@ -58,9 +59,27 @@ def preferred_language(request: web.Request) -> str:
     return best
 
 
+OPENAI_PREFIX = "/v1/"
+
+
+def _openai_type(status: int) -> str:
+    """OpenAI's error ``type`` for a status, which its SDKs map to their exception classes."""
+    if status == 401:
+        return "authentication_error"
+    if status == 429 or status == 503:
+        return "rate_limit_error" if status == 429 else "server_error"
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
 def error_response(request: web.Request, error: errors.SayitError) -> web.Response:
     request.app[METRICS].errors.labels(error.code).inc()
-    body = {"success": False, "error": {"code": error.code, "message": error.message(preferred_language(request))}}
+    message = error.message(preferred_language(request))
+    body: dict[str, Any]
+    if request.path.startswith(OPENAI_PREFIX):
+        kind = _openai_type(error.status)
+        body = {"error": {"message": message, "type": kind, "param": error.param, "code": error.code.lower()}}
+    else:
+        body = {"success": False, "error": {"code": error.code, "message": message}}
     response = web.json_response(body, status=error.status)
     if error.retry_after_s is not None:
         response.headers["Retry-After"] = str(error.retry_after_s)
@@ -147,7 +166,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[SETTINGS].api_keys
-    if keys and request.path.startswith("/api/"):
+    if keys and request.path.startswith(("/api/", OPENAI_PREFIX)):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token_bytes = token.strip().encode()
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(token_bytes, k.encode()) for k in keys):

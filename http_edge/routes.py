@@ -11,10 +11,13 @@ from typing import Any
 import redis
 from aiohttp import web
 
+from http_edge import openai_api
 from http_edge.admin import add_admin_routes
 from http_edge.cluster import live_nodes, queue_depth
+from http_edge.events import job_events
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, STARTED_AT
-from http_edge.transcribe import job_status, transcribe
+from http_edge.openapi import openapi_json
+from http_edge.transcribe import detect_language, job_status, transcribe
 from sayit_actors import system
 from sayit_actors.result import DailyStats, GetStats
 from sayit_actors.supervisor import ChildStatus, GetStatus
@@ -136,5 +139,11 @@ def add_routes(app: web.Application, serves_uploads: bool, admin: bool) -> None:
     if serves_uploads:
         app.router.add_post("/api/transcribe", transcribe)
         app.router.add_get("/api/transcribe/{job_id}", job_status)
+        app.router.add_get("/api/transcribe/{job_id}/events", job_events)
+        app.router.add_post("/api/detect-language", detect_language)
+        app.router.add_post("/v1/audio/transcriptions", openai_api.transcriptions)
+        app.router.add_post("/v1/audio/translations", openai_api.translations)
+        app.router.add_get("/v1/models", openai_api.models)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -1,4 +1,4 @@
-"""``POST /api/transcribe`` and ``GET /api/transcribe/{jobId}``.
+"""``POST /api/transcribe``, ``GET /api/transcribe/{jobId}`` and ``POST /api/detect-language``.
 
 Upload → DurationProbe → Dispatcher → a leased WhisperActor slot → reply, or → a queued job
 (202) for long uploads and when every slot is busy. The upload file is released (deleted)
@@ -7,9 +7,11 @@ whatever happens, and every request is counted in Redis by the ResultActor.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,22 +20,26 @@ import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, web
 
 from config import Settings
+from http_edge import repeats
 from http_edge.cluster import live_nodes
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, SETTINGS
 from sayit_actors import errors, formats, keys, system
 from sayit_actors.audio import AudioInfo
+from sayit_actors.callbacks import check_url
 from sayit_actors.dispatcher import Choices, Dispatch, Enqueue, JobTicket, Mode, Plan
-from sayit_actors.engine import Segment
+from sayit_actors.engine import LanguageGuess, Segment
 from sayit_actors.probe import Probe
 from sayit_actors.result import GetJob, JobView, RecordRequest, today
 from sayit_actors.upload import Accept, IncomingFile, Release, Upload
-from sayit_actors.whisper import Transcribe, Transcribed
+from sayit_actors.whisper import DetectLanguage, Transcribe, Transcribed
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 4096  # a prompt of a few hundred words
+MAX_FIELDS = 32
 LANGUAGES = ("ko", "en", "auto")
+NATIVE_FIELDS = frozenset({"language", "format", "wordTimestamps", "prompt", "callbackUrl"})
 QUEUE_TIMEOUT_S = 120.0  # decoding and splitting a 100 MB upload
 REAL_TIME_FACTOR = 0.1  # engine seconds per audio second before any is measured (base, int8, one CPU slot)
 MIN_MEASURED_AUDIO_MS = 30_000
@@ -42,24 +48,34 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 @dataclass
 class Form:
-    """A multipart upload: the streamed file part and the text fields beside it."""
+    """A multipart upload: the streamed file part and the text fields beside it.
+
+    A handler reads only the fields it declares (and documents in /openapi.json); others are ignored.
+    """
 
     file: IncomingFile
     filename: str
     mime: str
-    fields: dict[str, str]
+    values: dict[str, list[str]]
+    declared: frozenset[str]
 
     def field(self, name: str, default: str = "") -> str:
-        return self.fields.get(name, default).strip()
+        assert name in self.declared, f"{name!r} is not a declared field of this route"
+        values = self.values.get(name)
+        return values[-1].strip() if values else default
+
+    def all(self, name: str) -> list[str]:
+        assert name in self.declared, f"{name!r} is not a declared field of this route"
+        return [v.strip() for v in self.values.get(name, [])]
 
     def flag(self, name: str) -> bool:
         value = self.field(name, "false").lower()
         if value not in ("true", "false", "1", "0", ""):
-            raise errors.InvalidRequest(f"{name} must be true or false")
+            raise errors.InvalidRequest(f"{name} must be true or false", param=name)
         return value in ("true", "1")
 
 
-async def read_form(request: web.Request, settings: Settings) -> Form:
+async def read_form(request: web.Request, settings: Settings, declared: frozenset[str]) -> Form:
     """Stream the ``file`` part to disk (stopped at the size limit) and read the text fields."""
     limit = settings.limits.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD_BYTES:
@@ -68,7 +84,8 @@ async def read_form(request: web.Request, settings: Settings) -> Form:
         raise errors.FileRequired()
     reader = await request.multipart()
     incoming: IncomingFile | None = None
-    filename, mime, fields = "", "", {}
+    filename, mime = "", ""
+    values: dict[str, list[str]] = {}
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
@@ -83,14 +100,16 @@ async def read_form(request: web.Request, settings: Settings) -> Form:
                 raw = await part.read(decode=True)
                 if len(raw) > MAX_FIELD_BYTES:
                     raise errors.InvalidRequest(f"the field {part.name[:40]!r} is longer than {MAX_FIELD_BYTES} bytes")
-                fields[part.name] = raw.decode("utf-8", errors="replace")
+                if sum(map(len, values.values())) >= MAX_FIELDS:
+                    raise errors.InvalidRequest(f"more than {MAX_FIELDS} form fields")
+                values.setdefault(part.name, []).append(raw.decode("utf-8", errors="replace"))
     except BaseException:
         if incoming is not None:
             incoming.discard()
         raise
     if incoming is None:
         raise errors.FileRequired()
-    return Form(incoming, filename, mime, fields)
+    return Form(incoming, filename, mime, values, declared)
 
 
 @dataclass(frozen=True)
@@ -104,25 +123,44 @@ class Outcome:
     done: Transcribed | None
 
 
-async def process(request: web.Request, form: Form, language: str, choices: Choices) -> Outcome:
+@dataclass(frozen=True)
+class Accepted:
+    upload: Upload
+    info: AudioInfo
+
+
+@contextlib.asynccontextmanager
+async def accepted(request: web.Request, form: Form) -> AsyncIterator[Accepted]:
+    """The upload handed to the UploadActor and probed; released (deleted) on leaving, whatever happens."""
+    actors, bridge = request.app[ACTORS], request.app[BRIDGE]
+    try:
+        upload: Upload = await bridge.ask(
+            lambda: actors.ref(system.UPLOAD),
+            Accept(form.file.path, form.filename, form.mime, form.file.size_bytes, form.file.sha256),
+        )
+    except BaseException:
+        form.file.discard()  # the UploadActor deletes it too, unless it never got the message
+        raise
+    try:
+        info: AudioInfo = await bridge.ask(lambda: actors.ref(system.PROBE), Probe(upload.path, upload.format))
+        yield Accepted(upload, info)
+    finally:
+        tell(actors, system.UPLOAD, Release(upload.id))
+
+
+async def process(
+    request: web.Request, form: Form, language: str, choices: Choices, callback_url: str | None = None
+) -> Outcome:
     """Walk an upload through the actors; the upload file is released whatever happens."""
     settings, actors, bridge = request.app[SETTINGS], request.app[ACTORS], request.app[BRIDGE]
     started = time.perf_counter()
     success, audio_s = False, 0.0
     done: Transcribed | None = None
     try:
-        try:
-            upload: Upload = await bridge.ask(
-                lambda: actors.ref(system.UPLOAD),
-                Accept(form.file.path, form.filename, form.mime, form.file.size_bytes, form.file.sha256),
-            )
-        except BaseException:
-            form.file.discard()  # the UploadActor deletes it too, unless it never got the message
-            raise
-        try:
-            info: AudioInfo = await bridge.ask(lambda: actors.ref(system.PROBE), Probe(upload.path, upload.format))
+        async with accepted(request, form) as got:
+            upload, info = got.upload, got.info
             audio_s = info.duration_s
-            dispatch = Dispatch(upload.path, upload.size_bytes, info, language, upload.filename, choices)
+            dispatch = Dispatch(upload.path, upload.size_bytes, info, language, upload.filename, choices, callback_url)
             plan: Plan = await bridge.ask(lambda: actors.ref(system.DISPATCHER), dispatch, timeout_s=QUEUE_TIMEOUT_S)
             if plan.mode is Mode.SYNC:
                 # Every slot busy: a queue that has workers takes the upload at once (202);
@@ -143,12 +181,10 @@ async def process(request: web.Request, form: Form, language: str, choices: Choi
                         then=lambda: actors.slots.release(slot),
                     )
                     _observe(request, plan, done, info)
-        finally:
-            _tell(actors, system.UPLOAD, Release(upload.id))
         success = True
     finally:
         elapsed = time.perf_counter() - started
-        _tell(actors, system.RESULT, RecordRequest(success, elapsed, audio_s))
+        tell(actors, system.RESULT, RecordRequest(success, elapsed, audio_s))
     return Outcome(plan, info, upload.filename, elapsed, done)
 
 
@@ -160,54 +196,106 @@ def segment_view(segment: Segment, words: bool) -> dict[str, Any]:
     return view
 
 
-def _format_response(fmt: str, segments: list[dict[str, Any]], data: dict[str, Any], status: int = 200) -> web.Response:
+def format_response(fmt: str, data: dict[str, Any], status: int = 200) -> web.Response:
     if fmt == "json":
         return web.json_response({"success": True, "data": data}, status=status)
-    return web.Response(text=formats.render(fmt, segments), content_type=formats.CONTENT_TYPES[fmt], status=status)
+    text = formats.render(fmt, data["segments"])
+    return web.Response(text=text, content_type=formats.CONTENT_TYPES[fmt], status=status)
 
 
 def native_choices(form: Form) -> tuple[str, str, Choices]:
     """language, format and the request's decoding choices from the native API's fields."""
     language = form.field("language", "auto").lower() or "auto"
     if language not in LANGUAGES:
-        raise errors.InvalidLanguage(f"got {language[:20]!r}")
+        raise errors.InvalidLanguage(f"got {language[:20]!r}", param="language")
     fmt = form.field("format", "json").lower() or "json"
     if fmt not in formats.FORMATS:
-        raise errors.InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}")
+        raise errors.InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", param="format")
     prompt = form.field("prompt") or None
     return language, fmt, Choices(word_timestamps=form.flag("wordTimestamps"), prompt=prompt)
 
 
-async def transcribe(request: web.Request) -> web.Response:
-    form = await read_form(request, request.app[SETTINGS])
-    try:
-        language, fmt, choices = native_choices(form)
-    except errors.SayitError:
-        form.file.discard()
-        _tell(request.app[ACTORS], system.RESULT, RecordRequest(False, 0.0))
-        raise
-    outcome = await process(request, form, language, choices)
-    if outcome.plan.job is not None:
-        return web.json_response(await _accepted(request, outcome.plan.job, outcome.info), status=202)
+def sync_data(outcome: Outcome, choices: Choices) -> dict[str, Any]:
+    """A short upload's result as the native API answers it."""
     assert outcome.done is not None
     transcript = outcome.done.transcript
-    segments = [segment_view(s, choices.word_timestamps) for s in transcript.segments]
-    data: dict[str, Any] = {
+    return {
         "mode": outcome.plan.mode.value,
         "transcription": transcript.text,
         "language": transcript.language,
         "languageProbability": transcript.language_probability,
         "duration": round(outcome.info.duration_s, 3),
         "processingTime": round(outcome.elapsed_s, 3),
-        "segments": segments,
+        "segments": [segment_view(s, choices.word_timestamps) for s in transcript.segments],
         "droppedSegments": outcome.done.dropped,
         "filename": outcome.filename,
         "options": transcript.options.to_dict(),
     }
-    return _format_response(fmt, segments, data)
 
 
-async def _accepted(request: web.Request, job: JobTicket, info: AudioInfo) -> dict[str, Any]:
+async def transcribe(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    form = await read_form(request, settings, NATIVE_FIELDS)
+    try:
+        language, fmt, choices = native_choices(form)
+        callback_url = form.field("callbackUrl") or None
+        if callback_url is not None:
+            check_url(callback_url, settings.api)
+        replay = await repeats.begin(request, form.file, language, choices, format=fmt, callback=callback_url)
+    except BaseException:
+        form.file.discard()
+        tell(request.app[ACTORS], system.RESULT, RecordRequest(False, 0.0))
+        raise
+    if replay.response is not None:
+        form.file.discard()
+        return replay.response
+    try:
+        response = await _transcribe(request, form, language, fmt, choices, callback_url, replay)
+    except BaseException:
+        await replay.abandon()
+        raise
+    await replay.keep(response)
+    return response
+
+
+async def _transcribe(
+    request: web.Request,
+    form: Form,
+    language: str,
+    fmt: str,
+    choices: Choices,
+    callback_url: str | None,
+    replay: repeats.Replay,
+) -> web.Response:
+    if (hit := await replay.cached()) is not None and (answer := await _from_cache(request, hit, fmt)) is not None:
+        form.file.discard()
+        tell(request.app[ACTORS], system.RESULT, RecordRequest(True, 0.0))
+        return answer
+    if hit is not None:
+        await replay.forget()
+    outcome = await process(request, form, language, choices, callback_url)
+    if outcome.plan.job is not None:
+        await replay.remember_job(outcome.plan.job.job_id)
+        return web.json_response(await accepted_body(request, outcome.plan.job, outcome.info), status=202)
+    data = sync_data(outcome, choices)
+    await replay.remember_result(data)
+    return format_response(fmt, data)
+
+
+async def _from_cache(request: web.Request, hit: repeats.CacheHit, fmt: str) -> web.Response | None:
+    """The stored answer for the same audio and options, or None when it is gone or failed."""
+    if hit.data is not None:
+        return format_response(fmt, {**hit.data, "processingTime": 0.0, "cached": True})
+    if hit.job_id is None or (data := await job_data(request, hit.job_id)) is None or data["status"] == "failed":
+        return None
+    data = {"mode": Mode.ASYNC.value, **data, "cached": True}
+    if data["status"] == "completed":
+        return format_response(fmt, data)
+    data["statusUrl"] = f"/api/transcribe/{hit.job_id}"
+    return web.json_response({"success": True, "data": data}, status=202)
+
+
+async def accepted_body(request: web.Request, job: JobTicket, info: AudioInfo) -> dict[str, Any]:
     settings, client = request.app[SETTINGS], request.app[REDIS]
     queue_slots = sum(int(node.get("slots", 0)) for node in await live_nodes(client))
     parallel = max(1, min(job.chunks, queue_slots or 1))
@@ -246,17 +334,12 @@ def poll_interval_s(age_s: float) -> int:
     return 3 if age_s < 30 else 5
 
 
-async def job_status(request: web.Request) -> web.Response:
+async def job_data(request: web.Request, job_id: str) -> dict[str, Any] | None:
+    """A job as ``GET /api/transcribe/{jobId}`` shows it, with its result once completed; None if unknown."""
     actors, bridge = request.app[ACTORS], request.app[BRIDGE]
-    job_id = request.match_info["job_id"]
-    if not JOB_ID.match(job_id):
-        raise errors.JobNotFound()
-    fmt = request.query.get("format", "json")
-    if fmt not in formats.FORMATS:
-        raise errors.InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}")
     view: JobView | None = await bridge.ask(lambda: actors.ref(system.RESULT), GetJob(job_id))
     if view is None:
-        raise errors.JobNotFound()
+        return None
     job = view.job
     done, total = int(job.get("done", 0)), int(job.get("total", 0))
     created_ms = int(job.get("created_at", 0))
@@ -275,13 +358,64 @@ async def job_status(request: web.Request) -> web.Response:
         finished_ms = int(job.get("finished_at", created_ms))
         data.update(view.result)
         data["processingTime"] = round((finished_ms - created_ms) / 1000, 3)
-        return _format_response(fmt, data["segments"], data)
+    return data
+
+
+def job_id_of(request: web.Request) -> str:
+    job_id = request.match_info["job_id"]
+    if not JOB_ID.match(job_id):
+        raise errors.JobNotFound()
+    return job_id
+
+
+async def job_status(request: web.Request) -> web.Response:
+    job_id = job_id_of(request)
+    fmt = request.query.get("format", "json")
+    if fmt not in formats.FORMATS:
+        raise errors.InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", param="format")
+    data = await job_data(request, job_id)
+    if data is None:
+        raise errors.JobNotFound()
+    if data["status"] == "completed":
+        return format_response(fmt, data)
     if fmt != "json":  # subtitles exist only once the job is done
-        return web.json_response({"success": True, "data": data}, status=409 if job.get("status") == "failed" else 202)
+        return web.json_response({"success": True, "data": data}, status=409 if data["status"] == "failed" else 202)
     return web.json_response({"success": True, "data": data})
 
 
-def _tell(actors: system.ActorSystem, name: str, message: object) -> None:
+async def detect_language(request: web.Request) -> web.Response:
+    """The language of an upload's first 30 s, on a slot (it runs the encoder like a transcription)."""
+    settings, actors, bridge = request.app[SETTINGS], request.app[ACTORS], request.app[BRIDGE]
+    form = await read_form(request, settings, frozenset())
+    started = time.perf_counter()
+    success, audio_s = False, 0.0
+    try:
+        async with accepted(request, form) as got:
+            audio_s = got.info.duration_s
+            slot = await bridge.lease(actors.slots, settings.limits.slot_wait_s)
+            if slot is None:
+                raise errors.ServerBusy(retry_after_s=settings.limits.retry_after_s)
+            guess: LanguageGuess = await bridge.ask(
+                lambda: actors.ref(slot),
+                DetectLanguage(got.upload.path, got.info.duration_s),
+                timeout_s=settings.limits.transcribe_timeout_s,
+                then=lambda: actors.slots.release(slot),
+            )
+        success = True
+    finally:
+        tell(actors, system.RESULT, RecordRequest(success, time.perf_counter() - started, min(audio_s, 30.0)))
+    data = {
+        "language": guess.language,
+        "probability": guess.probability,
+        "candidates": [{"language": lang, "probability": p} for lang, p in guess.candidates],
+        "duration": round(got.info.duration_s, 3),
+        "detectedOn": round(min(got.info.duration_s, 30.0), 3),
+        "filename": got.upload.filename,
+    }
+    return web.json_response({"success": True, "data": data})
+
+
+def tell(actors: system.ActorSystem, name: str, message: object) -> None:
     """Fire-and-forget to a named actor; a restarting actor misses the message, not the request."""
     try:
         actors.ref(name).tell(message)

@@ -38,7 +38,8 @@ class Choices:
 
     word_timestamps: bool = False
     prompt: str | None = None
-    task: str = "transcribe"
+    task: str = "transcribe"  # or "translate" (into English)
+    temperature: float | None = None  # None: the profile's fallback ladder
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Dispatch:
     language: str
     filename: str
     choices: Choices = Choices()
+    callback_url: str | None = None  # told the result when the job ends (queued uploads)
 
 
 @dataclass(frozen=True)
@@ -117,13 +119,18 @@ class Dispatcher(SupervisedActor):
             samples = audio.decode(msg.path, msg.info.duration_s)
             chunks = chunking.split(samples, self._queue.chunk_s)
             duration_s = samples.shape[0] / audio.SAMPLE_RATE
-            create = CreateJob(job_id, msg.language, duration_s, chunks, msg.filename, asdict(msg.choices))
+            create = CreateJob(
+                job_id, msg.language, duration_s, chunks, msg.filename, asdict(msg.choices), msg.callback_url
+            )
             self._result().ask(create, timeout=60)
         return Plan(Mode.ASYNC, options, JobTicket(job_id, len(chunks)))
 
 
 def options_for(profile: LanguageProfile, choices: Choices, vad: bool) -> TranscriptionOptions:
     """A request's decoding options: its language profile, its choices, the node's VAD setting."""
+    overrides: dict[str, Any] = {}
+    if choices.temperature is not None:
+        overrides["temperatures"] = (choices.temperature,)
     return TranscriptionOptions.from_profile(
         profile,
         word_timestamps=choices.word_timestamps,
@@ -131,4 +138,5 @@ def options_for(profile: LanguageProfile, choices: Choices, vad: bool) -> Transc
         hotwords=choices.prompt,
         vad_filter=vad,
         task=choices.task,
+        **overrides,
     )

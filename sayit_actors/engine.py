@@ -80,6 +80,15 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class LanguageGuess:
+    """The language heard in the first 30 s: the best guess and the runners-up, most likely first."""
+
+    language: str
+    probability: float
+    candidates: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
 class Transcript:
     text: str
     language: str
@@ -98,6 +107,10 @@ class Engine(Protocol):
 
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
         """Transcribe 16 kHz mono float32 samples; safe to call from ``workers`` threads at once."""
+        ...
+
+    def detect_language(self, audio: np.ndarray) -> LanguageGuess:
+        """The language of the first 30 s of 16 kHz mono float32 samples."""
         ...
 
 
@@ -125,6 +138,10 @@ def _mlx_installed() -> bool:
     except ImportError:
         return False
     return True
+
+
+LANGUAGE_CANDIDATES = 5
+DETECT_SAMPLES = 30 * 16_000
 
 
 def join_text(segments: tuple[Segment, ...] | list[Segment]) -> str:

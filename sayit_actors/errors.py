@@ -17,10 +17,13 @@ class SayitError(Exception):
     message_en: ClassVar[str] = "The server failed to handle the request."
     message_ko: ClassVar[str] = "서버가 요청을 처리하지 못했습니다."
 
-    def __init__(self, detail: str | None = None, *, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, detail: str | None = None, *, retry_after_s: int | None = None, param: str | None = None
+    ) -> None:
         super().__init__(detail or self.message_en)
         self.detail = detail
         self.retry_after_s = retry_after_s
+        self.param = param  # the request field at fault, for clients that show it (OpenAI's error shape)
 
     def message(self, lang: str = "en") -> str:
         base = self.message_ko if lang == "ko" else self.message_en
@@ -55,6 +58,30 @@ class InvalidRequest(SayitError):
     code, status = "INVALID_REQUEST", 400
     message_en = "The request is malformed."
     message_ko = "요청 형식이 올바르지 않습니다."
+
+
+class CallbackNotAllowed(SayitError):
+    code, status = "CALLBACK_NOT_ALLOWED", 400
+    message_en = "The callbackUrl is not allowed."
+    message_ko = "허용되지 않는 callbackUrl입니다."
+
+
+class IdempotencyConflict(SayitError):
+    code, status = "IDEMPOTENCY_CONFLICT", 409
+    message_en = "This Idempotency-Key is in use by a request still running, or was used for a different upload."
+    message_ko = "이 Idempotency-Key는 아직 처리 중인 요청이 쓰고 있거나 다른 업로드에 사용되었습니다."
+
+
+class JobTimeout(SayitError):
+    code, status = "JOB_TIMEOUT", 504
+    message_en = "The job did not finish in time; it goes on and its result can still be fetched."
+    message_ko = "작업이 제한 시간 안에 끝나지 않았습니다. 작업은 계속되며 결과는 나중에 조회할 수 있습니다."
+
+
+class JobFailed(SayitError):
+    code, status = "JOB_FAILED", 500
+    message_en = "The transcription job failed."
+    message_ko = "변환 작업이 실패했습니다."
 
 
 class Unauthorized(SayitError):

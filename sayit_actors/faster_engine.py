@@ -16,7 +16,17 @@ from faster_whisper import WhisperModel
 
 from config import EngineSettings
 from sayit_actors import model_store
-from sayit_actors.engine import EngineUnavailable, Segment, Transcript, TranscriptionOptions, Word, join_text
+from sayit_actors.engine import (
+    DETECT_SAMPLES,
+    LANGUAGE_CANDIDATES,
+    EngineUnavailable,
+    LanguageGuess,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+    Word,
+    join_text,
+)
 
 log = logging.getLogger(__name__)
 _HUB_MODELS = ("tiny", "base", "small", "medium", "large-v2", "large-v3")
@@ -133,3 +143,8 @@ class FasterWhisperEngine:
             segments=segments,
             options=options,
         )
+
+    def detect_language(self, audio: np.ndarray) -> LanguageGuess:
+        language, probability, ranked = self._model.detect_language(audio[:DETECT_SAMPLES])
+        candidates = tuple((str(lang), round(float(p), 4)) for lang, p in ranked[:LANGUAGE_CANDIDATES])
+        return LanguageGuess(str(language), round(float(probability), 4), candidates)

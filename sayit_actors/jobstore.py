@@ -61,15 +61,17 @@ class Delivery:
 
 
 _CREATE = """
--- KEYS: queued_ms, job, stream, audio keys...   ARGV: budget_ms, job_ms, job fields (json), tasks (json)
+-- KEYS: queued_ms, job, stream, events, audio keys...   ARGV: budget_ms, job_ms, job fields (json), tasks (json),
+--       chunks in all
 local queued = tonumber(redis.call('GET', KEYS[1]) or '0')
 if queued + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
-  for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+  for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
   return 0
 end
 local fields = cjson.decode(ARGV[3])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
-for i = 4, #KEYS do redis.call('PERSIST', KEYS[i]) end
+for i = 5, #KEYS do redis.call('PERSIST', KEYS[i]) end
+redis.call('XADD', KEYS[4], '*', 'type', 'queued', 'done', 0, 'total', ARGV[5])
 for _, task in ipairs(cjson.decode(ARGV[4])) do
   local args = {}
   for k, v in pairs(task) do table.insert(args, k); table.insert(args, v) end
@@ -80,26 +82,30 @@ return 1
 """
 
 _RECORD = """
--- KEYS: job, results, audio, stream, queued_ms   ARGV: group, entry, index, result, duration_ms, now
+-- KEYS: job, results, audio, stream, queued_ms, events
+-- ARGV: group, entry, index, result, duration_ms, now, the chunk as its progress event shows it (json)
 redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'failed' or status == 'completed' then return {0, 0, 0} end
 local added = redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4])
+local done = tonumber(redis.call('HGET', KEYS[1], 'done'))
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 if added == 1 then
   redis.call('DEL', KEYS[3])
-  redis.call('HINCRBY', KEYS[1], 'done', 1)
+  done = redis.call('HINCRBY', KEYS[1], 'done', 1)
   redis.call('HINCRBY', KEYS[1], 'queued_ms', -tonumber(ARGV[5]))
   redis.call('DECRBY', KEYS[5], ARGV[5])
   if status == 'queued' then
     redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[6])
   end
+  redis.call('XADD', KEYS[6], '*', 'type', 'progress', 'done', done, 'total', total, 'chunk', ARGV[7])
 end
-return {added, tonumber(redis.call('HGET', KEYS[1], 'done')), tonumber(redis.call('HGET', KEYS[1], 'total'))}
+return {added, done, total}
 """
 
 _FAIL = """
--- KEYS: job, stream, dead, queued_ms, results, attempts, result   ARGV: group, entry, reason, task (json),
---       now, ttl, audio key prefix
+-- KEYS: job, stream, dead, queued_ms, results, attempts, result, events   ARGV: group, entry, reason,
+--       task (json), now, ttl, audio key prefix
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', 'task', ARGV[4], 'reason', ARGV[3], 'at', ARGV[5])
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -107,6 +113,7 @@ if not status or status == 'failed' or status == 'completed' then return 0 end
 local remaining = tonumber(redis.call('HGET', KEYS[1], 'queued_ms') or '0')
 redis.call('DECRBY', KEYS[4], remaining)
 redis.call('HSET', KEYS[1], 'status', 'failed', 'reason', ARGV[3], 'finished_at', ARGV[5], 'queued_ms', 0)
+redis.call('XADD', KEYS[8], '*', 'type', 'failed', 'reason', ARGV[3])
 local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
 for i = 0, total - 1 do redis.call('DEL', ARGV[7] .. i) end
 for i = 1, #KEYS do
@@ -148,6 +155,7 @@ class JobStore:
         chunks: list[Chunk],
         filename: str,
         choices: dict[str, Any] | None = None,
+        callback_url: str | None = None,
     ) -> None:
         """Store the chunks' audio, the job and its tasks; raises QueueFull over the audio budget."""
         audio_keys = [keys.chunk_audio(job_id, c.index) for c in chunks]
@@ -163,11 +171,11 @@ class JobStore:
         fields = {
             "status": "queued", "language": language, "duration_ms": round(duration_s * 1000),
             "total": len(chunks), "done": 0, "queued_ms": job_ms, "created_at": now_ms(), "filename": filename,
-            "choices": json.dumps(choices or {}),
+            "choices": json.dumps(choices or {}), "callback_url": callback_url or "",
         }  # fmt: skip
         created = self._create(
-            keys=[keys.QUEUED_AUDIO_MS, keys.job(job_id), keys.CHUNKS, *audio_keys],
-            args=[round(self.q.max_queued_audio_s * 1000), job_ms, json.dumps(fields), json.dumps(tasks)],
+            keys=[keys.QUEUED_AUDIO_MS, keys.job(job_id), keys.CHUNKS, keys.job_events(job_id), *audio_keys],
+            args=[round(self.q.max_queued_audio_s * 1000), job_ms, json.dumps(fields), json.dumps(tasks), len(chunks)],
         )
         if not created:
             raise QueueFull(retry_after_s=max(5, round(self.q.stall_interval_s)))
@@ -187,10 +195,12 @@ class JobStore:
     def record_chunk(self, delivery: Delivery, result: dict[str, Any]) -> tuple[bool, int, int]:
         """(newly recorded, chunks done, chunks in all); acks the task in the same step."""
         task = delivery.task
+        event = {"index": task.index, **chunk_view(result)}
         added, done, total = self._record(
             keys=[keys.job(task.job_id), keys.chunk_results(task.job_id), keys.chunk_audio(task.job_id, task.index),
-                  keys.CHUNKS, keys.QUEUED_AUDIO_MS],
-            args=[keys.CHUNKS_GROUP, delivery.entry_id, task.index, json.dumps(result), task.duration_ms, now_ms()],
+                  keys.CHUNKS, keys.QUEUED_AUDIO_MS, keys.job_events(task.job_id)],
+            args=[keys.CHUNKS_GROUP, delivery.entry_id, task.index, json.dumps(result), task.duration_ms, now_ms(),
+                  json.dumps(event, ensure_ascii=False)],
         )  # fmt: skip
         return bool(added), int(done), int(total)
 
@@ -217,7 +227,8 @@ class JobStore:
         job_id = delivery.task.job_id
         failed = self._fail(
             keys=[keys.job(job_id), keys.CHUNKS, keys.DEAD_LETTERS, keys.QUEUED_AUDIO_MS,
-                  keys.chunk_results(job_id), keys.chunk_attempts(job_id), keys.job_result(job_id)],
+                  keys.chunk_results(job_id), keys.chunk_attempts(job_id), keys.job_result(job_id),
+                  keys.job_events(job_id)],
             args=[keys.CHUNKS_GROUP, delivery.entry_id, reason, json.dumps(delivery.task.fields()), now_ms(),
                   self.q.result_ttl_s, keys.chunk_audio(job_id, 0)[:-1]],
         )  # fmt: skip
@@ -234,10 +245,14 @@ class JobStore:
         chunks = [json.loads(raw[k]) for k in sorted(raw, key=lambda k: int(k))]
         result = merge(chunks)
         ttl = self.q.result_ttl_s
+        first = job.get("status") != "completed"
         with self.r.pipeline(transaction=True) as pipe:
             pipe.set(keys.job_result(job_id), json.dumps(result), ex=ttl)
             pipe.hset(keys.job(job_id), mapping={"status": "completed", "finished_at": now_ms()})
-            for key in (keys.job(job_id), keys.chunk_results(job_id), keys.chunk_attempts(job_id)):
+            if first:
+                pipe.xadd(keys.job_events(job_id), {"type": "completed", "done": job["total"], "total": job["total"]})
+            for key in (keys.job(job_id), keys.chunk_results(job_id), keys.chunk_attempts(job_id),
+                        keys.job_events(job_id)):  # fmt: skip
                 pipe.expire(key, ttl)
             pipe.execute()
         return result
@@ -310,6 +325,27 @@ class JobStore:
         self.r.delete(keys.node(node_id))
 
 
+def shifted_segments(chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chunk result's segments (and words) on the recording's clock."""
+    offset = chunk["start_s"]
+    segments: list[dict[str, Any]] = []
+    for start, end, text, *words in chunk["segments"]:
+        segment = {"start": round(start + offset, 3), "end": round(end + offset, 3), "text": text,
+                   "language": chunk["language"]}  # fmt: skip
+        if words:
+            segment["words"] = [{"start": round(ws + offset, 3), "end": round(we + offset, 3), "word": w,
+                                 "probability": p} for ws, we, w, p in words[0]]  # fmt: skip
+        segments.append(segment)
+    return segments
+
+
+def chunk_view(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A finished chunk as clients see it in a job's live events."""
+    return {"start": chunk["start_s"], "duration": chunk["duration_s"], "language": chunk["language"],
+            "text": chunk["text"], "segments": shifted_segments(chunk),
+            "droppedSegments": int(chunk.get("dropped", 0))}  # fmt: skip
+
+
 def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     """One transcript from chunk results in order: segments (and words) shifted by each chunk's start."""
     segments: list[dict[str, Any]] = []
@@ -321,13 +357,7 @@ def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         done_by.append({"index": index, "start": offset, "duration": chunk["duration_s"],
                         "language": chunk["language"], "node": chunk.get("node"),
                         "startedAt": chunk.get("started_at"), "finishedAt": chunk.get("finished_at")})  # fmt: skip
-        for start, end, text, *words in chunk["segments"]:
-            segment = {"start": round(start + offset, 3), "end": round(end + offset, 3), "text": text,
-                       "language": chunk["language"]}  # fmt: skip
-            if words:
-                segment["words"] = [{"start": round(ws + offset, 3), "end": round(we + offset, 3), "word": w,
-                                     "probability": p} for ws, we, w, p in words[0]]  # fmt: skip
-            segments.append(segment)
+        segments.extend(shifted_segments(chunk))
         if chunk["text"]:
             texts.append(chunk["text"])
         seconds_by_language[chunk["language"]] += chunk["duration_s"]

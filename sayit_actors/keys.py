@@ -14,6 +14,9 @@ All keys start with ``sayit:``:
 | ``sayit:job:<id>:results`` | hash | chunk n → its transcript (JSON); a second write is ignored | 24 h after it ends |
 | ``sayit:job:<id>:attempts`` | hash | chunk n → failed attempts | 24 h after it ends |
 | ``sayit:job:<id>:result`` | string | the merged transcript (JSON) | 24 h |
+| ``sayit:job:<id>:events`` | stream | queued, progress per chunk (with segments), completed, failed | 24 h after end |
+| ``sayit:idem:<sha256>`` | string | an Idempotency-Key's request fingerprint and first response (JSON) | 24 h |
+| ``sayit:cache:<sha256>`` | string | audio and options → the stored result or the job that makes it (JSON) | 24 h |
 | ``sayit:node:<id>`` | string | a live queue node's heartbeat: id, role, slots, busy (JSON) | 3 heartbeats |
 """
 
@@ -54,6 +57,19 @@ def chunk_attempts(job_id: str) -> str:
 
 def job_result(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:result"
+
+
+def job_events(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:events"
+
+
+def idempotency(key_digest: str) -> str:
+    """``key_digest``: SHA-256 of the client's Idempotency-Key (any bytes a client sends stay out of key names)."""
+    return f"{PREFIX}idem:{key_digest}"
+
+
+def result_cache(fingerprint: str) -> str:
+    return f"{PREFIX}cache:{fingerprint}"
 
 
 def node(node_id: str) -> str:

@@ -24,7 +24,17 @@ from typing import Any, TypeVar
 import numpy as np
 
 from config import EngineSettings
-from sayit_actors.engine import EngineUnavailable, Segment, Transcript, TranscriptionOptions, Word, join_text
+from sayit_actors.engine import (
+    DETECT_SAMPLES,
+    LANGUAGE_CANDIDATES,
+    EngineUnavailable,
+    LanguageGuess,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+    Word,
+    join_text,
+)
 from sayit_actors.mlx_convert import ConversionError, ensure_converted
 
 log = logging.getLogger(__name__)
@@ -178,6 +188,23 @@ class MlxEngine:
             segments=segments,
             options=options,
         )
+
+    def detect_language(self, audio: np.ndarray) -> LanguageGuess:
+        return _MLX.call(self._detect_language, audio)
+
+    def _detect_language(self, audio: np.ndarray) -> LanguageGuess:
+        import mlx.core as mx
+        from mlx_whisper.audio import N_SAMPLES, log_mel_spectrogram, pad_or_trim
+        from mlx_whisper.decoding import detect_language
+        from mlx_whisper.transcribe import ModelHolder
+
+        model = ModelHolder.model
+        mel = log_mel_spectrogram(pad_or_trim(audio[:DETECT_SAMPLES], N_SAMPLES), n_mels=model.dims.n_mels)
+        dtype = mx.float16 if self.compute_type == "float16" else mx.float32
+        _, probabilities = detect_language(model, mel.astype(dtype))
+        ranked = sorted(probabilities[0].items(), key=lambda item: item[1], reverse=True)
+        candidates = tuple((str(lang), round(float(p), 4)) for lang, p in ranked[:LANGUAGE_CANDIDATES])
+        return LanguageGuess(candidates[0][0], candidates[0][1], candidates)
 
 
 def _alignment_heads(folder: Path) -> np.ndarray | None:

@@ -15,8 +15,9 @@ from typing import Any
 import pykka
 import redis
 
-from config import QueueSettings
+from config import ApiSettings, QueueSettings
 from sayit_actors import keys
+from sayit_actors.callbacks import CallbackSender
 from sayit_actors.chunking import Chunk
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
@@ -47,6 +48,7 @@ class CreateJob:
     chunks: list[Chunk]
     filename: str
     choices: dict[str, Any]
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class ResultActor(SupervisedActor):
         redis_url: str,
         queue: QueueSettings,
         metrics: Metrics,
+        api: ApiSettings | None = None,
     ) -> None:
         super().__init__(supervisor, name)
         self._metrics = metrics
@@ -123,6 +126,7 @@ class ResultActor(SupervisedActor):
         self._queue = queue
         self._redis: redis.Redis | None = None
         self._store: JobStore | None = None
+        self._callbacks = CallbackSender(api) if api is not None and api.callback_hosts else None
 
     def on_start(self) -> None:
         self._redis = redis.Redis.from_url(self._redis_url, **client_options())
@@ -135,6 +139,8 @@ class ResultActor(SupervisedActor):
     def on_stop(self) -> None:
         if self._redis is not None:
             self._redis.close()
+        if self._callbacks is not None:
+            self._callbacks.close()
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -142,8 +148,8 @@ class ResultActor(SupervisedActor):
                 return self._record_request(message)
             case GetStats(day):
                 return self._stats(day or today())
-            case CreateJob(job_id, language, duration_s, chunks, filename, choices):
-                return self.store.create(job_id, language, duration_s, chunks, filename, choices)
+            case CreateJob(job_id, language, duration_s, chunks, filename, choices, callback_url):
+                return self.store.create(job_id, language, duration_s, chunks, filename, choices, callback_url)
             case GetJob(job_id):
                 return self._get_job(job_id)
             case RecordChunk() | ChunkFailure():
@@ -157,12 +163,13 @@ class ResultActor(SupervisedActor):
 
     def _with_retry(self, msg: RecordChunk | ChunkFailure) -> None:
         try:
+            job_id = msg.delivery.task.job_id
             if isinstance(msg, RecordChunk):
                 self._record_chunk(msg)
             elif msg.dead:
-                self._job_ended(self.store.fail(msg.delivery, msg.reason), "failed")
+                self._job_ended(job_id, self.store.fail(msg.delivery, msg.reason), "failed")
             else:
-                self._job_ended(self.store.retry_or_fail(msg.delivery, msg.reason) == "failed", "failed")
+                self._job_ended(job_id, self.store.retry_or_fail(msg.delivery, msg.reason) == "failed", "failed")
         except redis.RedisError as exc:
             delay = min(MAX_WRITE_RETRY_DELAY_S, 0.5 * 2**msg.tries)
             log.warning("Redis write for job %s failed (%s): retrying in %.1f s", msg.delivery.task.job_id, exc, delay)
@@ -176,12 +183,29 @@ class ResultActor(SupervisedActor):
         if added and "engine_s" in msg.result:
             self.store.record_speed(today(), msg.result["duration_s"], msg.result["engine_s"])
         if added and done == total:
-            with self.doing(f"merging job {msg.delivery.task.job_id}"):
-                self._job_ended(self.store.finish(msg.delivery.task.job_id) is not None, "completed")
+            job_id = msg.delivery.task.job_id
+            with self.doing(f"merging job {job_id}"):
+                self._job_ended(job_id, self.store.finish(job_id) is not None, "completed")
 
-    def _job_ended(self, ended: bool, outcome: str) -> None:
-        if ended:
-            self._metrics.jobs.labels(outcome).inc()
+    def _job_ended(self, job_id: str, ended: bool, outcome: str) -> None:
+        if not ended:
+            return
+        self._metrics.jobs.labels(outcome).inc()
+        if self._callbacks is None:
+            return
+        job = self.store.get(job_id) or {}
+        url = job.get("callback_url")
+        if url:
+            result = self.store.result(job_id) if outcome == "completed" else None
+            payload = {
+                "jobId": job_id,
+                "status": outcome,
+                "filename": job.get("filename"),
+                "duration": int(job.get("duration_ms", 0)) / 1000,
+                "result": result,
+                "error": {"code": "JOB_FAILED", "message": job.get("reason", "")} if outcome == "failed" else None,
+            }
+            self._callbacks.send(url, f"job.{outcome}", payload)
 
     def _get_job(self, job_id: str) -> JobView | None:
         job = self.store.get(job_id)

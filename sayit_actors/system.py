@@ -52,7 +52,11 @@ class ActorSystem:
         self.serves_uploads = mode is not WorkerMode.QUEUE_ONLY
         self.consumes_queue = mode is not WorkerMode.API_ONLY
         specs = [
-            ChildSpec(RESULT, "ResultActor", lambda sup, name: ResultActor.start(sup, name, redis_url, queue, metrics))
+            ChildSpec(
+                RESULT,
+                "ResultActor",
+                lambda sup, name: ResultActor.start(sup, name, redis_url, queue, metrics, settings.api),
+            )
         ]
         if self.serves_uploads:
             specs += [

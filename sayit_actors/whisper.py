@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pykka
@@ -23,7 +24,7 @@ import pykka
 from config import SilenceSettings
 from sayit_actors import audio
 from sayit_actors.chunking import from_flac
-from sayit_actors.engine import Engine, Segment, Transcript, TranscriptionOptions
+from sayit_actors.engine import DETECT_SAMPLES, Engine, Segment, Transcript, TranscriptionOptions
 from sayit_actors.errors import EngineFailure
 from sayit_actors.jobstore import Delivery
 from sayit_actors.result import RecordChunk
@@ -31,6 +32,7 @@ from sayit_actors.silence import drop_invented
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,12 @@ class Transcribe:
     path: Path
     expected_duration_s: float
     options: TranscriptionOptions
+
+
+@dataclass(frozen=True)
+class DetectLanguage:
+    path: Path
+    expected_duration_s: float
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,10 @@ class WhisperActor(SupervisedActor):
                 with self.doing(f"transcribing a {message.expected_duration_s:.0f} s upload"):
                     samples = audio.decode(message.path, message.expected_duration_s)
                     return self._run(samples, message.options)
+            case DetectLanguage():
+                with self.doing("detecting a language"):
+                    samples = audio.decode(message.path, message.expected_duration_s)[:DETECT_SAMPLES]
+                    return self._engine_call(self._engine.detect_language, samples)
             case TranscribeChunk():
                 task = message.delivery.task
                 with self.doing(f"transcribing chunk {task.index} of job {task.job_id}"):
@@ -106,14 +118,18 @@ class WhisperActor(SupervisedActor):
                 raise EngineBroke(error)
         raise TypeError(f"unexpected message {message!r}")
 
-    def _run(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcribed:
-        started = time.perf_counter()
+    def _engine_call(self, call: Callable[..., T], *args: Any) -> T:
+        """An engine call; a failure is answered as EngineFailure, then the slot is replaced."""
         try:
-            transcript = self._engine.transcribe(samples, options)
+            return call(*args)
         except Exception as exc:
             log.exception("engine failed in %s", self.name)
             self.actor_ref.tell(_EngineBroke(repr(exc)))
             raise EngineFailure() from exc
+
+    def _run(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcribed:
+        started = time.perf_counter()
+        transcript = self._engine_call(self._engine.transcribe, samples, options)
         engine_s = time.perf_counter() - started
         transcript, dropped = drop_invented(
             transcript, samples, self._silence.invented_phrases, self._silence.no_speech_threshold

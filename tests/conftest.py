@@ -18,7 +18,7 @@ import redis
 import soundfile
 from aiohttp.test_utils import TestClient
 
-from config import Limits, QueueSettings, Settings, load_settings
+from config import ApiSettings, Limits, QueueSettings, Settings, load_settings
 from http_edge import create_app
 from sayit_actors import audio
 from sayit_actors.faster_engine import FasterWhisperEngine
@@ -73,6 +73,8 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
         queue=QueueSettings(
             stall_interval_s=1.5, retry_backoff_s=0.2, max_attempts=2, poll_s=0.1, heartbeat_s=0.5, drain_timeout_s=5
         ),
+        # Off, so that uploading a file again makes a new job; tests/test_clients.py turns it on.
+        api=ApiSettings(result_cache=False),
     )
 
 

@@ -1,0 +1,123 @@
+"""``GET /api/transcribe/{jobId}/events``: a job's progress as Server-Sent Events.
+
+Every change of a job is an entry of its Redis stream (``keys.job_events``), written in the same
+atomic step as the change itself, so the events are the job's history, not a sample of it. An
+event's id is its stream entry id: a client that reconnects with ``Last-Event-ID`` reads on from
+there and misses nothing. The last event is ``completed`` (with the whole result) or ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from http_edge.keys import REDIS
+from http_edge.transcribe import job_data, job_id_of
+from sayit_actors import errors, keys
+
+BLOCK_MS = 5_000  # under the Redis client's socket timeout; also the keep-alive period
+FINAL = ("completed", "failed")
+RETRY_MS = 2_000
+_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+async def read_events(client: aioredis.Redis, job_id: str, after: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """The job's events after entry ``after`` as they come; ("", {}) after each quiet BLOCK_MS."""
+    key = keys.job_events(job_id)
+    while True:
+        reply: Any = await client.xread({key: after}, count=100, block=BLOCK_MS)
+        entries = [entry for _, stream in reply or [] for entry in stream]
+        if not entries:
+            yield "", {}
+        for raw_id, raw in entries:
+            after = raw_id.decode()
+            yield after, {k.decode(): v.decode() for k, v in raw.items()}
+
+
+async def job_status(client: aioredis.Redis, job_id: str) -> str | None:
+    raw: Any = await client.hget(keys.job(job_id), "status")
+    return raw.decode() if raw else None
+
+
+def _progress(fields: dict[str, str]) -> dict[str, Any]:
+    done, total = int(fields.get("done", 0)), int(fields.get("total", 0))
+    return {"done": done, "total": total, "percent": round(100 * done / total, 1) if total else 0.0}
+
+
+async def event_payload(request: web.Request, job_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    kind = fields.get("type", "")
+    if kind in FINAL:
+        # The whole job as the status route shows it: the final event stands on its own.
+        return await job_data(request, job_id) or {"jobId": job_id, "status": kind}
+    payload: dict[str, Any] = {"jobId": job_id, "status": "processing" if kind == "progress" else kind,
+                               "progress": _progress(fields)}  # fmt: skip
+    if "chunk" in fields:
+        payload["chunk"] = json.loads(fields["chunk"])
+    return payload
+
+
+def _frame(event_id: str, kind: str, payload: dict[str, Any]) -> bytes:
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n".encode()
+
+
+async def job_events(request: web.Request) -> web.StreamResponse:
+    job_id = job_id_of(request)
+    after = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or "0-0"
+    if not _ENTRY_ID.match(after):
+        raise errors.InvalidRequest("Last-Event-ID must be an id this stream sent", param="Last-Event-ID")
+    client = request.app[REDIS]
+    if await job_status(client, job_id) is None:
+        raise errors.JobNotFound()
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    await response.write(f"retry: {RETRY_MS}\n\n".encode())
+    async for event_id, fields in read_events(client, job_id, after):
+        if not event_id:
+            # Quiet: a comment keeps proxies from closing the stream. A job that ended before its
+            # events were kept (or whose final event was trimmed) still gets its final event.
+            status = await job_status(client, job_id)
+            if status is None or status in FINAL:
+                kind = status or "failed"
+                await response.write(_frame(after, kind, await event_payload(request, job_id, {"type": kind})))
+                break
+            await response.write(b": keep-alive\n\n")
+            continue
+        after = event_id
+        kind = fields.get("type", "progress")
+        await response.write(_frame(event_id, kind, await event_payload(request, job_id, fields)))
+        if kind in FINAL:
+            break
+    await response.write_eof()
+    return response
+
+
+async def wait_for_job(request: web.Request, job_id: str, timeout_s: float) -> dict[str, Any]:
+    """The job once it has ended (its status data); raises JobTimeout after ``timeout_s``."""
+
+    async def until_final() -> None:
+        client = request.app[REDIS]
+        async for event_id, fields in read_events(client, job_id, "0-0"):
+            if fields.get("type") in FINAL:
+                return
+            if not event_id:
+                status = await job_status(client, job_id)
+                if status is None or status in FINAL:
+                    return
+
+    try:
+        await asyncio.wait_for(until_final(), timeout_s)
+    except TimeoutError:
+        raise errors.JobTimeout(f"job {job_id}: follow it at /api/transcribe/{job_id}") from None
+    data = await job_data(request, job_id)
+    if data is None:
+        raise errors.JobNotFound()
+    return data

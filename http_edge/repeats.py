@@ -1,0 +1,152 @@
+"""Repeated uploads: an ``Idempotency-Key`` answers a retried request with its first response, and
+the same audio with the same options answers the stored result instead of transcribing again.
+
+A retry after a dropped connection must never create a second job, so the first request claims
+its key in Redis before any work (``SET NX``), and stores its response when it has one. A claim
+that is never completed (the node died) expires after ``PENDING_TTL_S``; a request that fails
+gives its key back so that the client can retry it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from http_edge.keys import ACTORS, REDIS, SETTINGS
+from sayit_actors import errors, keys
+from sayit_actors.dispatcher import Choices
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+PENDING_TTL_S = 15 * 60  # longer than any single request may run
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, as Stripe's and the IETF draft's keys
+
+
+class Upload(Protocol):
+    """What the fingerprint needs of an upload: the hash of its bytes."""
+
+    @property
+    def sha256(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    data: dict[str, Any] | None = None  # a short upload's stored result
+    job_id: str | None = None  # the job that transcribes (or transcribed) the same audio
+
+
+class Replay:
+    """One request's view of its repeats: a stored response to replay, the cache, what to keep."""
+
+    def __init__(
+        self, client: aioredis.Redis, cache_key: str | None, idem_key: str | None, fingerprint: str, ttl_s: int
+    ) -> None:
+        self._redis = client
+        self._cache_key = cache_key
+        self._idem_key = idem_key
+        self._fingerprint = fingerprint
+        self._ttl_s = ttl_s
+        self.response: web.Response | None = None
+
+    async def claim(self) -> None:
+        """Claim the Idempotency-Key, or load the response it already has into ``response``."""
+        if self._idem_key is None:
+            return
+        pending = json.dumps({"state": "pending", "fingerprint": self._fingerprint})
+        if await self._redis.set(self._idem_key, pending, nx=True, ex=PENDING_TTL_S):
+            return
+        raw = await self._redis.get(self._idem_key)
+        if raw is None:  # expired between the two calls: claim again
+            await self.claim()
+            return
+        stored = json.loads(raw)
+        if stored["fingerprint"] != self._fingerprint:
+            raise errors.IdempotencyConflict("this key was used for a different upload or options")
+        if stored["state"] == "pending":
+            raise errors.IdempotencyConflict("a request with this key is still running", retry_after_s=5)
+        response = web.Response(status=stored["status"], text=stored["body"], content_type=stored["contentType"])
+        response.headers[REPLAYED_HEADER] = "true"
+        self.response = response
+
+    async def keep(self, response: web.Response) -> None:
+        """Store the first response for the key's lifetime; an error response frees the key."""
+        if self._idem_key is None:
+            return
+        if response.status >= 400 or not isinstance(response.body, bytes):
+            await self.abandon()
+            return
+        stored = {
+            "state": "done",
+            "fingerprint": self._fingerprint,
+            "status": response.status,
+            "body": response.body.decode(),
+            "contentType": response.content_type,
+        }
+        await self._redis.set(self._idem_key, json.dumps(stored, ensure_ascii=False), ex=self._ttl_s)
+
+    async def abandon(self) -> None:
+        if self._idem_key is not None:
+            await self._redis.delete(self._idem_key)
+
+    async def cached(self) -> CacheHit | None:
+        if self._cache_key is None:
+            return None
+        raw = await self._redis.get(self._cache_key)
+        if raw is None:
+            return None
+        stored = json.loads(raw)
+        return CacheHit(data=stored.get("data"), job_id=stored.get("jobId"))
+
+    async def forget(self) -> None:
+        """Drop a cache entry that points at a job gone or failed."""
+        if self._cache_key is not None:
+            await self._redis.delete(self._cache_key)
+
+    async def remember_result(self, data: dict[str, Any]) -> None:
+        if self._cache_key is not None:
+            await self._redis.set(self._cache_key, json.dumps({"data": data}, ensure_ascii=False), ex=self._ttl_s)
+
+    async def remember_job(self, job_id: str) -> None:
+        if self._cache_key is not None:
+            await self._redis.set(self._cache_key, json.dumps({"jobId": job_id}), ex=self._ttl_s)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+async def begin(
+    request: web.Request, upload: Upload, language: str, choices: Choices, **request_options: Any
+) -> Replay:
+    """The request's Replay, with ``response`` set when its Idempotency-Key has one stored.
+
+    ``request_options``: what changes the response but not the transcript (the output format...).
+    """
+    settings = request.app[SETTINGS]
+    engine = request.app[ACTORS].engine
+    what = {
+        "audio": upload.sha256,
+        "language": language,
+        "choices": asdict(choices),
+        "engine": [engine.name, engine.model, engine.compute_type],
+        "silence": asdict(settings.silence),
+    }
+    cache_key = keys.result_cache(_digest(what)) if settings.api.result_cache else None
+    idem_key = None
+    if HEADER in request.headers:
+        given = request.headers[HEADER]
+        if not _KEY.match(given):
+            raise errors.InvalidRequest(f"{HEADER} must be 1 to 255 printable ASCII characters", param=HEADER)
+        scope = [request.path, request.headers.get("Authorization", ""), given]  # one client's key is not another's
+        idem_key = keys.idempotency(_digest(scope))
+    replay = Replay(
+        request.app[REDIS], cache_key, idem_key, _digest([what, request_options]), settings.api.idempotency_ttl_s
+    )
+    await replay.claim()
+    return replay
