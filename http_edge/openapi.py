@@ -86,6 +86,7 @@ SCHEMAS: dict[str, Schema] = {
                 "pollInterval": INT,
                 "statusUrl": STR,
             },
+            {"cached": BOOL},
         )
     ),
     "Job": envelope(
@@ -107,9 +108,8 @@ SCHEMAS: dict[str, Schema] = {
                 "droppedSegments": INT,
                 "chunks": array(CHUNK_DONE),
                 "processingTime": NUM,
-                "mode": STR,
+                "mode": {"enum": ["async"]},
                 "cached": BOOL,
-                "statusUrl": STR,
             },
         )
     ),
@@ -181,7 +181,7 @@ SCHEMAS: dict[str, Schema] = {
     "Live": obj({"status": STR}),
     "Ready": obj({"status": STR, "redis": STR, "slotsAlive": INT}),
     "ActorStatus": ANY_OBJECT,
-    "Actors": envelope(obj({"node": STR, "actors": array(ref("ActorStatus"))})),
+    "Actors": envelope(obj({"node": obj({"id": STR, "role": STR}), "actors": array(ref("ActorStatus"))})),
     "Actor": envelope(ref("ActorStatus")),
 }
 
@@ -259,8 +259,9 @@ def _paths(admin: bool) -> dict[str, Any]:
         "/api/transcribe": {"post": {
             "summary": "Transcribe an upload: answered at once (≤30 s, ≤10 MB) or queued as a job",
             "parameters": [IDEMPOTENCY], "requestBody": _upload("/api/transcribe"),
-            "responses": _responses({"200": _json("transcribed (json, or the format asked for)", "Transcription",
-                                                  SUBTITLES),
+            "responses": _responses({"200": {
+                "description": "transcribed (json, or the format asked for); a cached long upload answers its job",
+                "content": {JSON: {"schema": {"oneOf": [ref("Transcription"), ref("Job")]}}, **SUBTITLES}},
                                      "202": _json("queued as a job (or the same job, cached)", "JobAccepted")},
                                     ERRORS)}},
         "/api/transcribe/{job_id}": {"get": {

@@ -276,7 +276,8 @@ async def _transcribe(
     outcome = await process(request, form, language, choices, callback_url)
     if outcome.plan.job is not None:
         await replay.remember_job(outcome.plan.job.job_id)
-        return web.json_response(await accepted_body(request, outcome.plan.job, outcome.info), status=202)
+        body = await accepted_body(request, outcome.plan.job, outcome.info.duration_s)
+        return web.json_response(body, status=202)
     data = sync_data(outcome, choices)
     await replay.remember_result(data)
     return format_response(fmt, data)
@@ -288,26 +289,32 @@ async def _from_cache(request: web.Request, hit: repeats.CacheHit, fmt: str) -> 
         return format_response(fmt, {**hit.data, "processingTime": 0.0, "cached": True})
     if hit.job_id is None or (data := await job_data(request, hit.job_id)) is None or data["status"] == "failed":
         return None
-    data = {"mode": Mode.ASYNC.value, **data, "cached": True}
     if data["status"] == "completed":
-        return format_response(fmt, data)
-    data["statusUrl"] = f"/api/transcribe/{hit.job_id}"
-    return web.json_response({"success": True, "data": data}, status=202)
+        return format_response(fmt, {"mode": Mode.ASYNC.value, **data, "cached": True})
+    progress = data["progress"]
+    ticket = JobTicket(hit.job_id, progress["total"])
+    body = await accepted_body(request, ticket, data["duration"], data["status"], progress["done"])
+    body["data"]["cached"] = True
+    return web.json_response(body, status=202)
 
 
-async def accepted_body(request: web.Request, job: JobTicket, info: AudioInfo) -> dict[str, Any]:
+async def accepted_body(
+    request: web.Request, job: JobTicket, duration_s: float, status: str = "queued", done: int = 0
+) -> dict[str, Any]:
+    """The 202 answer for a job: where to follow it and how long its remaining chunks should take."""
     settings, client = request.app[SETTINGS], request.app[REDIS]
     queue_slots = sum(int(node.get("slots", 0)) for node in await live_nodes(client))
     parallel = max(1, min(job.chunks, queue_slots or 1))
-    estimate_s = info.duration_s * await _real_time_factor(client) / parallel + settings.queue.poll_s
+    remaining = 1 - done / job.chunks if job.chunks else 1.0
+    estimate_s = duration_s * remaining * await _real_time_factor(client) / parallel + settings.queue.poll_s
     return {
         "success": True,
         "data": {
             "mode": Mode.ASYNC.value,
             "jobId": job.job_id,
-            "status": "queued",
+            "status": status,
             "chunks": job.chunks,
-            "duration": round(info.duration_s, 3),
+            "duration": round(duration_s, 3),
             "estimatedProcessingTime": round(estimate_s, 1),
             "pollInterval": poll_interval_s(0.0),
             "statusUrl": f"/api/transcribe/{job.job_id}",
