@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from sayit_actors.redis_server import free_port  # noqa: E402
 
 CORPUS = REPO_ROOT.parent / "shared" / "corpus"
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = REPO_ROOT / "docs" / "results"
 MB = 1024 * 1024
 HEALTH_WAIT_S = 90.0
 STOP_WAIT_S = 30.0
@@ -236,6 +236,20 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def source_revision() -> str:
+    """The commit measured, marked ``+changes`` when the tree differs from it."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{rev}+changes" if dirty else rev
+
+
 def machine_info() -> dict[str, Any]:
     cpu_model = platform.processor()
     with contextlib.suppress(OSError):
@@ -267,7 +281,13 @@ def markdown_table(rows: Sequence[Row]) -> str:
 def write_results(out: Path, name: str, title: str, report: dict[str, Any], rows: Sequence[Row], notes: str) -> None:
     """``<name>.json`` (everything) and ``<name>.md`` (the table and how it was measured)."""
     out.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": name, "timestamp": dt.datetime.now(dt.UTC).isoformat(), "machine": machine_info(), **report}
+    report = {
+        "benchmark": name,
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "commit": source_revision(),
+        "machine": machine_info(),
+        **report,
+    }
     report["rows"] = [list(row) for row in rows]
     (out / f"{name}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     machine = report["machine"]
