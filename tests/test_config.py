@@ -26,6 +26,11 @@ def test_seed_variables_and_role_defaults() -> None:
     assert settings.worker_mode is WorkerMode.QUEUE_ONLY and settings.max_concurrent_chunks == 2
     assert settings.redis_url == "redis://redis:6379/0" and settings.worker_id == "q1" and settings.port == 3100
     assert load_settings({"MAX_CONCURRENT_CHUNKS": "6"}).max_concurrent_chunks == 6
+    api = load_settings(
+        {"SAYIT_CALLBACK_HOSTS": "Hooks.Example, 10.0.0.5", "SAYIT_CALLBACK_SECRET": "s", "SAYIT_RESULT_CACHE": "off"}
+    ).api
+    assert api.callback_hosts == ("hooks.example", "10.0.0.5") and api.callback_secret == "s"
+    assert api.result_cache is False
     assert load_settings({"SAYIT_CORS_ORIGINS": "https://a.example, https://b.example"}).cors_origins == (
         "https://a.example",
         "https://b.example",
@@ -43,6 +48,10 @@ def test_seed_variables_and_role_defaults() -> None:
         ({"SAYIT_ENGINE": "whisper.cpp"}, ["SAYIT_ENGINE", "faster-whisper, mlx"]),
         ({"SAYIT_SYNC_MAX_BYTES": "200000000"}, ["SAYIT_SYNC_MAX_BYTES", "SAYIT_MAX_UPLOAD_BYTES"]),
         ({"SAYIT_CONFIG": "/nonexistent/sayit.toml"}, ["SAYIT_CONFIG", "cannot be read"]),
+        ({"SAYIT_RESULT_CACHE": "maybe"}, ["SAYIT_RESULT_CACHE", "true or false"]),
+        ({"SAYIT_CALLBACK_HOSTS": "hooks.example/path"}, ["SAYIT_CALLBACK_HOSTS", "no scheme"]),
+        ({"SAYIT_CALLBACK_HOSTS": "hooks.example"}, ["SAYIT_CALLBACK_HOSTS", "SAYIT_CALLBACK_SECRET"]),
+        ({"SAYIT_VAD": "sometimes"}, ["SAYIT_VAD", "long, all, off"]),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: list[str]) -> None:
