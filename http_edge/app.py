@@ -14,7 +14,7 @@ from redis.backoff import ExponentialBackoff
 
 from config import Settings, WorkerMode
 from http_edge.bridge import ActorBridge
-from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, REDIS_URL, SETTINGS, STARTED_AT
+from http_edge.keys import ACTORS, BRIDGE, CLOSING, METRICS, REDIS, REDIS_URL, SETTINGS, STARTED_AT
 from http_edge.middlewares import MIDDLEWARES
 from http_edge.routes import add_routes
 from sayit_actors.engine import Engine, create_engine
@@ -31,10 +31,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Appli
     app[SETTINGS] = settings
     app[METRICS] = Metrics(settings.worker_id, settings.worker_mode.value)
     app[STARTED_AT] = time.time()
+    app[CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_closing)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_actors_ctx(engine))
     add_routes(app, serves_uploads=settings.worker_mode is not WorkerMode.QUEUE_ONLY, admin=bool(settings.admin_token))
     return app
+
+
+async def _closing(app: web.Application) -> None:
+    """Open event streams end within one read instead of holding the shutdown up."""
+    app[CLOSING].set()
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:

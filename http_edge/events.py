@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from http_edge.keys import REDIS
+from http_edge.keys import CLOSING, REDIS
 from http_edge.transcribe import job_data, job_id_of
 from sayit_actors import errors, keys
 
@@ -89,6 +89,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 kind = status or "failed"
                 await response.write(_frame(after, kind, await event_payload(request, job_id, {"type": kind})))
                 break
+            if request.app[CLOSING].is_set():
+                break  # the client reconnects (retry) to another node, or to this one restarted
             await response.write(b": keep-alive\n\n")
             continue
         after = event_id

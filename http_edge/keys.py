@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -17,4 +19,5 @@ REDIS_URL = web.AppKey("redis_url", str)
 ACTORS = web.AppKey("actors", ActorSystem)
 BRIDGE = web.AppKey("bridge", ActorBridge)
 STARTED_AT = web.AppKey("started_at", float)
+CLOSING = web.AppKey("closing", asyncio.Event)  # set on shutdown: long-lived responses (event streams) end
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -105,6 +105,19 @@ async def test_openai_errors_are_the_sdks_typed_exceptions(sdk: openai.AsyncOpen
     assert not_audio.value.code == "invalid_format"
 
 
+async def test_openai_sdk_with_api_keys(make_client, settings: Settings, corpus: Path) -> None:  # type: ignore[no-untyped-def]
+    client = await make_client(replace(settings, api_keys=("sk-sayit-test",)))
+    base_url = str(client.make_url("/v1"))
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="wrong", max_retries=0) as wrong:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await wrong.models.list()
+    assert refused.value.status_code == 401 and refused.value.code == "unauthorized"
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-sayit-test", max_retries=0) as right:
+        with (corpus / "jfk.flac").open("rb") as f:
+            text = await right.audio.transcriptions.create(model="base", file=f, response_format="text")
+    assert normalized(str(text)) == normalized(JFK)
+
+
 async def test_openai_models_and_translation(sdk: openai.AsyncOpenAI) -> None:
     models = [m.id async for m in sdk.models.list()]
     assert models[0] == "whisper-1" and "base" in models
