@@ -86,6 +86,25 @@ def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transcribe(args: argparse.Namespace) -> int:
+    """Delegates to ``sayit_actors.client``: the command needs nothing of the server's stack."""
+    from sayit_actors import client
+
+    options = client.Options(
+        url=args.url,
+        language=args.language,
+        fmt=args.format,
+        word_timestamps=args.word_timestamps,
+        prompt=args.prompt,
+        api_key=args.api_key,
+    )
+    try:
+        return client.run(args.files, options, args.out)
+    except KeyboardInterrupt:
+        print("\nsayit transcribe: interrupted", file=sys.stderr)
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sayit", description="SayIt speech-to-text service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     restart = admin_commands.add_parser("restart", help="restart one actor gracefully")
     restart.add_argument("name")
     admin.set_defaults(run=_admin)
+    transcribe = commands.add_parser("transcribe", help="transcribe local recordings on a SayIt server")
+    transcribe.add_argument("files", nargs="+", type=Path, metavar="FILE", help="recordings to transcribe")
+    transcribe.add_argument(
+        "--url",
+        default=os.environ.get("SAYIT_URL") or "http://localhost:3000",
+        help="the server (default SAYIT_URL or http://localhost:3000)",
+    )
+    transcribe.add_argument("--language", choices=("ko", "en", "auto"), default="auto", help="default auto")
+    transcribe.add_argument("--format", choices=("json", "txt", "srt", "vtt"), default="json", help="default json")
+    transcribe.add_argument(
+        "--out", type=Path, help="output file (one FILE) or folder of <stem>.<format> (several); default stdout"
+    )
+    transcribe.add_argument("--word-timestamps", action="store_true", help="per-word times (json)")
+    transcribe.add_argument("--prompt", help="text to steer the vocabulary, e.g. product names")
+    transcribe.add_argument(
+        "--api-key", default=os.environ.get("SAYIT_API_KEY"), help="bearer key when the server sets SAYIT_API_KEYS"
+    )
+    transcribe.set_defaults(run=_transcribe)
     return parser
 
 
