@@ -84,8 +84,10 @@ class Server:
 
 
 def node_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """A node's environment: its own data folder and the result cache off, so that every request
+    the benchmarks send again (the same clip, over and over) is transcribed, not answered from Redis."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_DROP and not k.startswith("SAYIT_")}
-    env.update(HF_HUB_OFFLINE="1", SAYIT_DATA_DIR=str(data_dir), **settings)
+    env.update(HF_HUB_OFFLINE="1", SAYIT_DATA_DIR=str(data_dir), SAYIT_RESULT_CACHE="false", **settings)
     return env
 
 

@@ -449,8 +449,12 @@ def build(results: Path, out: Path) -> list[str]:
         "Every figure below names the machine, model and settings that produced it; each section ends with "
         "what its benchmark does not show.",
         "",
+        "Every server in these benchmarks runs with the result cache off (`SAYIT_RESULT_CACHE=false`): the "
+        "benchmarks send the same clips again and again, and each request must be transcribed, not answered "
+        "from Redis.",
+        "",
         "Regenerate with `make bench` (runs every benchmark, then this report), or rebuild this page from the "
-        "last results with `python bench/report.py`.",
+        "last results (`docs/results/*.json`, each with the commit it measured) with `python bench/report.py`.",
         "",
         "## Summary of targets",
         "",
