@@ -41,14 +41,18 @@ def _invented(segment: Segment, phrases: frozenset[str], no_speech_threshold: fl
 def drop_invented(
     transcript: Transcript, samples: np.ndarray, phrases: Sequence[str], no_speech_threshold: float = 0.6
 ) -> tuple[Transcript, int]:
-    """The transcript without segments invented over silence, and how many were dropped."""
-    if not transcript.segments:
+    """The transcript without segments invented over silence, and how many were dropped.
+
+    The voice-activity detector costs tens of milliseconds per 30 s of audio, so it runs only
+    when a segment looks invented, to confirm that no speech is under it.
+    """
+    known = frozenset(normalize(p) for p in phrases)
+    suspects = [s for s in transcript.segments if _invented(s, known, no_speech_threshold)]
+    if not suspects:
         return transcript, 0
     regions = speech_regions(samples)
-    known = frozenset(normalize(p) for p in phrases)
-    kept = tuple(
-        s for s in transcript.segments if _has_speech(s, regions) or not _invented(s, known, no_speech_threshold)
-    )
+    dropped_ids = {id(s) for s in suspects if not _has_speech(s, regions)}
+    kept = tuple(s for s in transcript.segments if id(s) not in dropped_ids)
     dropped = len(transcript.segments) - len(kept)
     if not dropped:
         return transcript, 0

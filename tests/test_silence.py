@@ -1,0 +1,56 @@
+"""Dropping text Whisper invents over silence: only where the voice-activity detector hears none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from config import load_profiles
+from config.settings import INVENTED_PHRASES
+from sayit_actors import audio, silence
+from sayit_actors.engine import Segment, Transcript, TranscriptionOptions
+
+
+def transcript(*segments: Segment) -> Transcript:
+    options = TranscriptionOptions.from_profile(load_profiles()["en"])
+    return Transcript(" ".join(s.text for s in segments), "en", 1.0, 11.0, segments, options)
+
+
+@pytest.fixture(scope="module")
+def jfk_then_silence(corpus: Path) -> np.ndarray:
+    speech = audio.decode(corpus / "jfk.flac")  # 11 s
+    return np.concatenate([speech, np.zeros(10 * audio.SAMPLE_RATE, np.float32)])
+
+
+def test_an_invented_phrase_over_silence_is_dropped(jfk_then_silence: np.ndarray) -> None:
+    spoken = Segment(0.0, 10.5, "And so my fellow Americans, ask not what your country can do for you")
+    invented = Segment(13.0, 20.0, "Thanks for watching!")
+    kept, dropped = silence.drop_invented(transcript(spoken, invented), jfk_then_silence, INVENTED_PHRASES)
+    assert dropped == 1 and kept.segments == (spoken,) and "watching" not in kept.text
+
+
+def test_the_same_phrase_over_speech_is_kept(jfk_then_silence: np.ndarray) -> None:
+    said = Segment(1.0, 4.0, "Thank you")
+    kept, dropped = silence.drop_invented(transcript(said), jfk_then_silence, INVENTED_PHRASES)
+    assert dropped == 0 and kept.segments == (said,)
+
+
+def test_unsure_segments_over_silence_are_dropped_and_sure_ones_kept(jfk_then_silence: np.ndarray) -> None:
+    unsure = Segment(12.0, 18.0, "the horizon", no_speech_prob=0.9)
+    sure = Segment(12.0, 18.0, "the horizon", no_speech_prob=0.1)
+    assert silence.drop_invented(transcript(unsure), jfk_then_silence, INVENTED_PHRASES)[1] == 1
+    assert silence.drop_invented(transcript(sure), jfk_then_silence, INVENTED_PHRASES)[1] == 0
+
+
+def test_the_detector_runs_only_for_suspect_segments(
+    jfk_then_silence: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = silence.speech_regions
+    monkeypatch.setattr(silence, "speech_regions", lambda samples: calls.append(samples.size) or real(samples))
+    silence.drop_invented(transcript(Segment(0.0, 10.5, "ask not")), jfk_then_silence, INVENTED_PHRASES)
+    assert calls == []
+    silence.drop_invented(transcript(Segment(13.0, 20.0, "you")), jfk_then_silence, INVENTED_PHRASES)
+    assert len(calls) == 1
