@@ -17,6 +17,7 @@ from sayit_actors.audio import SAMPLE_RATE
 from sayit_actors.engine import Segment, Transcript, join_text
 
 _VAD = VadOptions(min_silence_duration_ms=500, speech_pad_ms=200)
+MIN_REPEATED_WORDS = 4  # "la la la la" is a loop; a one-word answer ("Yes.") is not
 
 
 def normalize(text: str) -> str:
@@ -34,7 +35,8 @@ def _has_speech(segment: Segment, regions: Sequence[tuple[float, float]]) -> boo
 
 def _invented(segment: Segment, phrases: frozenset[str], no_speech_threshold: float) -> bool:
     text = normalize(segment.text)
-    repeated = bool(text) and len(set(text.split(" "))) <= max(1, len(text.split(" ")) // 10)
+    words = text.split()
+    repeated = len(words) >= MIN_REPEATED_WORDS and len(set(words)) <= max(1, len(words) // 10)
     return text in phrases or repeated or segment.no_speech_prob >= no_speech_threshold
 
 

@@ -51,6 +51,12 @@ def test_the_detector_runs_only_for_suspect_segments(
     real = silence.speech_regions
     monkeypatch.setattr(silence, "speech_regions", lambda samples: calls.append(samples.size) or real(samples))
     silence.drop_invented(transcript(Segment(0.0, 10.5, "ask not")), jfk_then_silence, INVENTED_PHRASES)
+    silence.drop_invented(transcript(Segment(13.0, 14.0, "Yes.")), jfk_then_silence, INVENTED_PHRASES)
     assert calls == []
     silence.drop_invented(transcript(Segment(13.0, 20.0, "you")), jfk_then_silence, INVENTED_PHRASES)
     assert len(calls) == 1
+
+
+def test_a_repeated_token_over_silence_is_dropped(jfk_then_silence: np.ndarray) -> None:
+    loop = Segment(12.0, 20.0, "la la la la la la")
+    assert silence.drop_invented(transcript(loop), jfk_then_silence, INVENTED_PHRASES)[1] == 1
