@@ -53,7 +53,7 @@ $(BENCH_STAMP): $(TEST_STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[$(TEST_EXTRAS),bench]"
 	touch $@
 
-# Every benchmark (about 15 minutes on 2 cores), then docs/PERFORMANCE.md and its plots.
+# Every benchmark (about 10 minutes on 2 cores), then docs/PERFORMANCE.md and its plots.
 bench: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/sync_latency.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/throughput.py
