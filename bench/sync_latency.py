@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     h, d = summary(http.timings_s), summary(direct.timings_s)
     settings = {
         "model": direct.model, "compute_type": direct.compute_type, "device": direct.device, "slots": args.slots,
-        "runs": args.runs, "warmup_runs": WARMUP_RUNS, "audio": str(audio_path), "audio_duration_s": duration_s,
+        "runs": args.runs, "warmup_runs": WARMUP_RUNS, "audio": audio_path.name, "audio_duration_s": duration_s,
         "language": "en", "server_engine": http.server_engine,
     }  # fmt: skip
     report: dict[str, Any] = {
