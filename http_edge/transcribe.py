@@ -30,7 +30,7 @@ from sayit_actors.dispatcher import Choices, Dispatch, Enqueue, JobTicket, Mode,
 from sayit_actors.engine import LanguageGuess, Segment
 from sayit_actors.probe import Probe
 from sayit_actors.result import GetJob, JobView, RecordRequest, today
-from sayit_actors.upload import Accept, IncomingFile, Release, Upload
+from sayit_actors.upload import Accept, IncomingFile, Release, Upload, display_name
 from sayit_actors.whisper import DetectLanguage, Transcribe, Transcribed
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,8 @@ async def _transcribe(
     callback_url: str | None,
     replay: repeats.Replay,
 ) -> web.Response:
-    if (hit := await replay.cached()) is not None and (answer := await _from_cache(request, hit, fmt)) is not None:
+    hit = await replay.cached()
+    if hit is not None and (answer := await _from_cache(request, hit, fmt, display_name(form.filename))) is not None:
         form.file.discard()
         tell(request.app[ACTORS], system.RESULT, RecordRequest(True, 0.0))
         return answer
@@ -283,10 +284,10 @@ async def _transcribe(
     return format_response(fmt, data)
 
 
-async def _from_cache(request: web.Request, hit: repeats.CacheHit, fmt: str) -> web.Response | None:
+async def _from_cache(request: web.Request, hit: repeats.CacheHit, fmt: str, filename: str) -> web.Response | None:
     """The stored answer for the same audio and options, or None when it is gone or failed."""
     if hit.data is not None:
-        return format_response(fmt, {**hit.data, "processingTime": 0.0, "cached": True})
+        return format_response(fmt, {**hit.data, "filename": filename, "processingTime": 0.0, "cached": True})
     if hit.job_id is None or (data := await job_data(request, hit.job_id)) is None or data["status"] == "failed":
         return None
     if data["status"] == "completed":

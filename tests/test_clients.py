@@ -234,10 +234,13 @@ async def test_same_audio_and_options_answer_the_stored_result(
 ) -> None:  # type: ignore[no-untyped-def]
     client = await make_client(cache_settings)
     first = await (await client.post("/api/transcribe", data=upload(corpus / "jfk.flac", language="en"))).json()
-    second = await (await client.post("/api/transcribe", data=upload(corpus / "jfk.flac", language="en"))).json()
+    renamed = aiohttp.FormData()
+    renamed.add_field("file", (corpus / "jfk.flac").read_bytes(), filename="same-bytes.flac")
+    renamed.add_field("language", "en")
+    second = await (await client.post("/api/transcribe", data=renamed)).json()
     assert "cached" not in first["data"] and second["data"]["cached"] is True
     assert second["data"]["transcription"] == first["data"]["transcription"]
-    assert second["data"]["processingTime"] == 0.0
+    assert second["data"]["processingTime"] == 0.0 and second["data"]["filename"] == "same-bytes.flac"
     other_options = await client.post(
         "/api/transcribe", data=upload(corpus / "jfk.flac", language="en", wordTimestamps="true")
     )
