@@ -24,6 +24,7 @@ QUEUE_ENV = {
     "SAYIT_POLL_S": "0.2",
     "SAYIT_HEARTBEAT_S": "1",
     "SAYIT_DRAIN_TIMEOUT_S": "20",
+    "SAYIT_RESULT_CACHE": "false",  # the same file submitted again must be a new job
 }
 
 
