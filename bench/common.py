@@ -314,3 +314,12 @@ def positive_number(raw: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value
+
+
+def print_log_problems(problems: list[str]) -> None:
+    if not problems:
+        print("server log: no warnings or errors")
+        return
+    print(f"server log: {len(problems)} warning/error line(s):")
+    for line in problems[:20]:
+        print(f"  {line}")

@@ -347,15 +347,6 @@ def table_rows(report: dict[str, Any]) -> list[Row]:
     ]
 
 
-def print_log_problems(problems: list[str]) -> None:
-    if not problems:
-        print("server log: no warnings or errors")
-        return
-    print(f"server log: {len(problems)} warning/error line(s):")
-    for line in problems[:20]:
-        print(f"  {line}")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument(
@@ -431,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     title = "Long form: SayIt's async chunked path vs one bare engine call, by length"
     common.write_results(args.out, "longform", title, report, table_rows(report), notes)
     print(f"load average (1/5/15 min) at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print_log_problems(asynchronous.server_log_problems)
+    common.print_log_problems(asynchronous.server_log_problems)
     return 0
 
 

@@ -140,15 +140,6 @@ def table_rows(http: HttpPhase, direct: DirectPhase) -> list[Row]:
     ]
 
 
-def print_log_problems(problems: list[str]) -> None:
-    if not problems:
-        print("server log: no warnings or errors")
-        return
-    print(f"server log: {len(problems)} warning/error line(s):")
-    for line in problems[:20]:
-        print(f"  {line}")
-
-
 def timed_phase(name: str, run: Callable[[], Any]) -> Any:
     print(f"{name} phase")
     started = time.perf_counter()
@@ -205,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     title = "Sync latency: SayIt over HTTP vs the bare engine"
     common.write_results(args.out, "sync_latency", title, report, table_rows(http, direct), notes)
     print(f"same transcription over HTTP and direct: {report['same_transcription']}")
-    print_log_problems(http.server_log_problems)
+    common.print_log_problems(http.server_log_problems)
     return 0
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +16,7 @@ import pytest
 from sayit_actors.redis_server import free_port
 from tests.clips import normalized
 from tests.conftest import JFK
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAYIT_") and k not in ("REDIS_URL", "WORKER_MODE")}
-    env.update(HF_HUB_OFFLINE="1", **extra)
-    return env
+from tests.processes import node_env, serve
 
 
 def _multipart(path: Path, language: str) -> tuple[bytes, str]:
@@ -42,34 +35,8 @@ def _multipart(path: Path, language: str) -> tuple[bytes, str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    env = _env(SAYIT_DATA_DIR=str(tmp_path / "data"), MAX_CONCURRENT_CHUNKS="2")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sayit_actors.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.2)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
+    with serve(tmp_path / "data", MAX_CONCURRENT_CHUNKS="2") as started:
+        yield started
 
 
 @pytest.mark.slow
@@ -101,7 +68,7 @@ def test_serve_transcribes_with_an_embedded_redis_and_stops_cleanly(
 def test_bad_start_says_why(tmp_path: Path, env: dict[str, str], message: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sayit_actors.cli", "serve", "--port", str(free_port())],
-        env=_env(SAYIT_DATA_DIR=str(tmp_path), **env),
+        env=node_env(SAYIT_DATA_DIR=str(tmp_path), **env),
         capture_output=True,
         timeout=60,
     )

@@ -8,8 +8,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,7 +18,7 @@ from sayit_actors import client
 from sayit_actors.redis_server import free_port
 from tests.clips import normalized
 from tests.conftest import CORPUS, JFK
-from tests.test_cli import _env
+from tests.processes import node_env, serve
 
 ASK_NOT = "ask not what your country can do for you"
 PROGRESS_LINE = re.compile(r"^multilingual\.mp3: (\d+\.\d)% \((\d+)/(\d+) chunks\)$", re.MULTILINE)
@@ -31,39 +29,13 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One server for every test here: starting one loads the model, which is the slow part."""
     if not (CORPUS / "jfk.flac").is_file():
         pytest.skip(f"the speech corpus is not at {CORPUS}")
-    data = tmp_path_factory.mktemp("client-server") / "data"
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sayit_actors.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=_env(SAYIT_DATA_DIR=str(data), MAX_CONCURRENT_CHUNKS="2"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.2)
+    with serve(tmp_path_factory.mktemp("client-server") / "data", MAX_CONCURRENT_CHUNKS="2") as (_, base):
         yield base
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
 
 
 def sayit(*args: str | Path, url: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """Run the command as a user would: a subprocess, stderr a pipe (not a terminal)."""
-    env = _env(**({"SAYIT_URL": url} if url else {}))
+    env = node_env(**({"SAYIT_URL": url} if url else {}))
     return subprocess.run(
         [sys.executable, "-m", "sayit_actors.cli", "transcribe", *map(str, args)],
         env=env,

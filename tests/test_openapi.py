@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import jsonschema
 import pytest
 import redis
@@ -22,7 +21,7 @@ from config import ApiSettings, Settings
 from http_edge import openai_api, transcribe
 from sayit_actors.jobstore import Delivery, JobStore, Task
 from tests.conftest import wait_for_job
-from tests.test_clients import read_sse
+from tests.test_clients import read_sse, upload
 
 pytestmark = pytest.mark.slow
 TOKEN = "openapi-admin-token"
@@ -37,14 +36,6 @@ HANDLER_FIELDS = {
 @pytest.fixture
 async def api(make_client, settings: Settings) -> TestClient:  # type: ignore[no-untyped-def]
     return await make_client(replace(settings, admin_token=TOKEN, api=ApiSettings(result_cache=True)))
-
-
-def upload(path: Path, **fields: str) -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    data.add_field("file", path.read_bytes(), filename=path.name)
-    for name, value in fields.items():
-        data.add_field(name, value)
-    return data
 
 
 class Checker:
