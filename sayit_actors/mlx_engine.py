@@ -199,10 +199,11 @@ class MlxEngine:
         from mlx_whisper.transcribe import ModelHolder
 
         model = ModelHolder.model
-        mel = log_mel_spectrogram(pad_or_trim(audio[:DETECT_SAMPLES], N_SAMPLES), n_mels=model.dims.n_mels)
+        window = mx.array(audio[:DETECT_SAMPLES].astype(np.float32))
+        mel = log_mel_spectrogram(pad_or_trim(window, N_SAMPLES), n_mels=model.dims.n_mels)
         dtype = mx.float16 if self.compute_type == "float16" else mx.float32
         _, probabilities = detect_language(model, mel.astype(dtype))
-        ranked = sorted(probabilities[0].items(), key=lambda item: item[1], reverse=True)
+        ranked = sorted(probabilities.items(), key=lambda item: item[1], reverse=True)  # one window: one dict
         candidates = tuple((str(lang), round(float(p), 4)) for lang, p in ranked[:LANGUAGE_CANDIDATES])
         return LanguageGuess(candidates[0][0], candidates[0][1], candidates)
 

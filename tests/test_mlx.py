@@ -112,6 +112,17 @@ def test_the_two_engines_agree(mlx_engine, engine, corpus: Path) -> None:  # typ
         assert mlx_text == ct2_text, name
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_two_engines_detect_the_same_language(mlx_engine, engine, corpus: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    german = audio.decode(corpus / "multilingual.mp3")[31 * audio.SAMPLE_RATE :]
+    for samples, expected in ((audio.decode(corpus / "jfk.flac"), "en"), (german, "de")):
+        mlx_guess, ct2_guess = mlx_engine.detect_language(samples), engine.detect_language(samples)
+        assert mlx_guess.language == ct2_guess.language == expected
+        assert mlx_guess.probability == pytest.approx(ct2_guess.probability, abs=0.1)
+        assert [lang for lang, _ in mlx_guess.candidates][:2] == [lang for lang, _ in ct2_guess.candidates][:2]
+
+
 def _form(path: Path) -> aiohttp.FormData:
     form = aiohttp.FormData()
     form.add_field("file", path.read_bytes(), filename=path.name)
