@@ -13,11 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
+from http_edge import repeats
 from http_edge.events import wait_for_job
 from http_edge.keys import ACTORS, SETTINGS, STARTED_AT
-from http_edge.transcribe import Form, Outcome, process, read_form, sync_data, tell
+from http_edge.transcribe import Form, process, read_form, sync_data, tell
 from sayit_actors import errors, formats, system
 from sayit_actors.dispatcher import Choices
+from sayit_actors.engine import Segment
 from sayit_actors.result import RecordRequest
 
 OPENAI_MODEL = "whisper-1"
@@ -90,25 +92,60 @@ async def translations(request: web.Request) -> web.Response:
 
 
 async def _audio(request: web.Request, task: str, declared: frozenset[str]) -> web.Response:
-    settings = request.app[SETTINGS]
-    form = await read_form(request, settings, declared)
+    form = await read_form(request, request.app[SETTINGS], declared)
     try:
         language, fmt, words, choices = _choices(request, form, task)
+        # The SDKs retry a request that timed out: with an Idempotency-Key that never makes a second job.
+        replay = await repeats.begin(request, form.file, language, choices, route=request.path, format=fmt)
     except BaseException:
         form.file.discard()
         tell(request.app[ACTORS], system.RESULT, RecordRequest(False, 0.0))
         raise
+    if replay.response is not None:
+        form.file.discard()
+        return replay.response
+    try:
+        data, details = await _transcript(request, form, language, choices, replay)
+        response = _render(fmt, task, words, data, details)
+    except BaseException:
+        await replay.abandon()
+        raise
+    await replay.keep(response)
+    return response
+
+
+async def _transcript(
+    request: web.Request, form: Form, language: str, choices: Choices, replay: repeats.Replay
+) -> tuple[dict[str, Any], tuple[Segment, ...] | None]:
+    """The result in the native API's shape, from the cache, a queued job or a slot; and the
+    engine's own segments when a slot made it now (their decoding figures go into verbose_json)."""
+    wait_s = request.app[SETTINGS].api.openai_wait_s
+    hit = await replay.cached()
+    if hit is not None and hit.data is not None:
+        form.file.discard()
+        return hit.data, None
+    if hit is not None and hit.job_id is not None:
+        data = await wait_for_job(request, hit.job_id, wait_s)
+        if data["status"] == "completed":
+            form.file.discard()
+            return data, None
+        await replay.forget()
     outcome = await process(request, form, language, choices)
     if outcome.plan.job is not None:
-        data = await wait_for_job(request, outcome.plan.job.job_id, settings.api.openai_wait_s)
+        await replay.remember_job(outcome.plan.job.job_id)
+        data = await wait_for_job(request, outcome.plan.job.job_id, wait_s)
         if data["status"] != "completed":
             raise errors.JobFailed(data.get("error", {}).get("message") or None)
-    else:
-        data = sync_data(outcome, choices)
-    return _render(fmt, task, words, data, outcome)
+        return data, None
+    data = sync_data(outcome, choices)
+    await replay.remember_result(data)
+    assert outcome.done is not None
+    return data, outcome.done.transcript.segments
 
 
-def _render(fmt: str, task: str, words: bool, data: dict[str, Any], outcome: Outcome) -> web.Response:
+def _render(
+    fmt: str, task: str, words: bool, data: dict[str, Any], details: tuple[Segment, ...] | None
+) -> web.Response:
     text = str(data["transcription"]).strip()
     duration = float(data["duration"])
     usage = {"type": "duration", "seconds": math.ceil(duration)}
@@ -118,10 +155,9 @@ def _render(fmt: str, task: str, words: bool, data: dict[str, Any], outcome: Out
         return web.Response(text=text + "\n", content_type="text/plain")
     if fmt in ("srt", "vtt"):
         return web.Response(text=formats.render(fmt, data["segments"]), content_type=formats.CONTENT_TYPES[fmt])
-    sync_segments = outcome.done.transcript.segments if outcome.done is not None else None
     segments = []
     for index, segment in enumerate(data["segments"]):
-        detail = sync_segments[index] if sync_segments is not None else None
+        detail = details[index] if details is not None and index < len(details) else None
         segments.append({
             "id": index,
             "seek": 0,

@@ -280,12 +280,14 @@ def _paths(admin: bool) -> dict[str, Any]:
             "responses": _responses({"200": _json("detected", "LanguageDetection")}, ERRORS)}},
         "/v1/audio/transcriptions": {"post": {
             "summary": "OpenAI-compatible transcription (long audio waits for its job)",
+            "parameters": [IDEMPOTENCY],
             "requestBody": _upload("/v1/audio/transcriptions"),
             "responses": _responses({"200": {"description": "by response_format", "content": {
                 JSON: {"schema": {"oneOf": [ref("OpenAITranscription"), ref("OpenAIVerboseTranscription")]}},
                 **SUBTITLES}}}, OPENAI_ERRORS)}},
         "/v1/audio/translations": {"post": {
             "summary": "OpenAI-compatible translation into English",
+            "parameters": [IDEMPOTENCY],
             "requestBody": _upload("/v1/audio/translations"),
             "responses": _responses({"200": {"description": "by response_format", "content": {
                 JSON: {"schema": {"oneOf": [ref("OpenAITranscription"), ref("OpenAIVerboseTranscription")]}},

@@ -90,6 +90,20 @@ async def test_openai_verbose_json_has_timed_words(sdk: openai.AsyncOpenAI, corp
     assert result.segments and result.segments[0].start >= 0
 
 
+async def test_an_sdk_retry_with_an_idempotency_key_makes_one_job(
+    sdk: openai.AsyncOpenAI, corpus: Path, settings: Settings
+) -> None:
+    texts = []
+    for _ in range(2):
+        with (corpus / "multilingual.mp3").open("rb") as f:
+            result = await sdk.audio.transcriptions.create(
+                model="whisper-1", file=f, extra_headers={"Idempotency-Key": "sdk-call-42"}
+            )
+        texts.append(result.text)
+    assert texts[0] == texts[1] and GERMAN in normalized(texts[0])
+    assert job_count(settings) == 1
+
+
 async def test_openai_errors_are_the_sdks_typed_exceptions(sdk: openai.AsyncOpenAI, corpus: Path) -> None:
     with (corpus / "jfk.flac").open("rb") as f, pytest.raises(openai.BadRequestError) as bad_model:
         await sdk.audio.transcriptions.create(model="gpt-imaginary", file=f)
