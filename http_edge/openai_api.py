@@ -101,17 +101,12 @@ async def _audio(request: web.Request, task: str, declared: frozenset[str]) -> w
         form.file.discard()
         tell(request.app[ACTORS], system.RESULT, RecordRequest(False, 0.0))
         raise
-    if replay.response is not None:
-        form.file.discard()
-        return replay.response
-    try:
+
+    async def respond() -> web.Response:
         data, details = await _transcript(request, form, language, choices, replay)
-        response = _render(fmt, task, words, data, details)
-    except BaseException:
-        await replay.abandon()
-        raise
-    await replay.keep(response)
-    return response
+        return _render(fmt, task, words, data, details)
+
+    return await repeats.once(replay, form.file, respond)
 
 
 async def _transcript(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -29,10 +30,12 @@ _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, as Stripe's and t
 
 
 class Upload(Protocol):
-    """What the fingerprint needs of an upload: the hash of its bytes."""
+    """What a repeat needs of an upload: the hash of its bytes, and dropping it when not needed."""
 
     @property
     def sha256(self) -> str: ...
+
+    def discard(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,20 @@ class Replay:
     async def remember_job(self, job_id: str) -> None:
         if self._cache_key is not None:
             await self._redis.set(self._cache_key, json.dumps({"jobId": job_id}), ex=self._ttl_s)
+
+
+async def once(replay: Replay, upload: Upload, respond: Callable[[], Awaitable[web.Response]]) -> web.Response:
+    """The stored response for a repeated key, or ``respond()``'s, kept for the key (an error frees it)."""
+    if replay.response is not None:
+        upload.discard()
+        return replay.response
+    try:
+        response = await respond()
+    except BaseException:
+        await replay.abandon()
+        raise
+    await replay.keep(response)
+    return response
 
 
 def _digest(value: Any) -> str:

@@ -246,16 +246,9 @@ async def transcribe(request: web.Request) -> web.Response:
         form.file.discard()
         tell(request.app[ACTORS], system.RESULT, RecordRequest(False, 0.0))
         raise
-    if replay.response is not None:
-        form.file.discard()
-        return replay.response
-    try:
-        response = await _transcribe(request, form, language, fmt, choices, callback_url, replay)
-    except BaseException:
-        await replay.abandon()
-        raise
-    await replay.keep(response)
-    return response
+    return await repeats.once(
+        replay, form.file, lambda: _transcribe(request, form, language, fmt, choices, callback_url, replay)
+    )
 
 
 async def _transcribe(
