@@ -28,16 +28,33 @@ _ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 async def read_events(client: aioredis.Redis, job_id: str, after: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    """The job's events after entry ``after`` as they come; ("", {}) after each quiet BLOCK_MS."""
+    """The job's events after entry ``after`` as they come, ending with its final event.
+
+    Yields ("", {}) after each quiet BLOCK_MS. A job that ended without a final event in its stream
+    (kept from before events existed, or trimmed) gets one made up, with the last id read.
+    """
     key = keys.job_events(job_id)
+    block: int | None = BLOCK_MS
+    ended = ""
     while True:
-        reply: Any = await client.xread({key: after}, count=100, block=BLOCK_MS)
+        reply: Any = await client.xread({key: after}, count=100, block=block)
         entries = [entry for _, stream in reply or [] for entry in stream]
-        if not entries:
-            yield "", {}
         for raw_id, raw in entries:
             after = raw_id.decode()
-            yield after, {k.decode(): v.decode() for k, v in raw.items()}
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            yield after, fields
+            if fields.get("type") in FINAL:
+                return
+        if entries:
+            continue
+        if ended:  # read once more without waiting: nothing came after the end
+            yield after, {"type": ended}
+            return
+        status = await job_status(client, job_id)
+        if status is None or status in FINAL:
+            ended, block = status or "failed", None  # its last events may have landed since the wait began
+            continue
+        yield "", {}
 
 
 async def job_status(client: aioredis.Redis, job_id: str) -> str | None:
@@ -81,23 +98,13 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     await response.write(f"retry: {RETRY_MS}\n\n".encode())
     async for event_id, fields in read_events(client, job_id, after):
-        if not event_id:
-            # Quiet: a comment keeps proxies from closing the stream. A job that ended before its
-            # events were kept (or whose final event was trimmed) still gets its final event.
-            status = await job_status(client, job_id)
-            if status is None or status in FINAL:
-                kind = status or "failed"
-                await response.write(_frame(after, kind, await event_payload(request, job_id, {"type": kind})))
-                break
+        if not event_id:  # quiet
             if request.app[CLOSING].is_set():
                 break  # the client reconnects (retry) to another node, or to this one restarted
-            await response.write(b": keep-alive\n\n")
+            await response.write(b": keep-alive\n\n")  # keeps proxies from closing the stream
             continue
-        after = event_id
         kind = fields.get("type", "progress")
         await response.write(_frame(event_id, kind, await event_payload(request, job_id, fields)))
-        if kind in FINAL:
-            break
     await response.write_eof()
     return response
 
@@ -106,14 +113,8 @@ async def wait_for_job(request: web.Request, job_id: str, timeout_s: float) -> d
     """The job once it has ended (its status data); raises JobTimeout after ``timeout_s``."""
 
     async def until_final() -> None:
-        client = request.app[REDIS]
-        async for event_id, fields in read_events(client, job_id, "0-0"):
-            if fields.get("type") in FINAL:
-                return
-            if not event_id:
-                status = await job_status(client, job_id)
-                if status is None or status in FINAL:
-                    return
+        async for _ in read_events(request.app[REDIS], job_id, "0-0"):
+            pass  # the events end with the job
 
     try:
         await asyncio.wait_for(until_final(), timeout_s)

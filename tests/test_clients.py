@@ -188,7 +188,9 @@ async def read_sse(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, 
             event[name] = value.removeprefix(" ")
 
 
-async def test_sse_follows_a_three_minute_job_and_resumes(client: TestClient, recordings: dict[str, Path]) -> None:
+async def test_sse_follows_a_three_minute_job_and_resumes(
+    client: TestClient, recordings: dict[str, Path], settings: Settings
+) -> None:
     response = await client.post("/api/transcribe", data=upload(recordings["long"], language="en"))
     job = (await response.json())["data"]
     assert response.status == 202 and job["chunks"] >= 6
@@ -212,6 +214,12 @@ async def test_sse_follows_a_three_minute_job_and_resumes(client: TestClient, re
     async with client.get(f"/api/transcribe/{job['jobId']}/events", headers={"Last-Event-ID": resume_from}) as again:
         rest = [event async for event in read_sse(again)]
     assert [e["id"] for e in rest] == [e["id"] for e in events[events.index(progress[1]) + 1 :]]
+
+    # A job whose events are gone (kept from before events existed) still gets its final event.
+    redis.Redis.from_url(settings.redis_url or "").delete(keys.job_events(job["jobId"]))
+    async with client.get(f"/api/transcribe/{job['jobId']}/events") as bare:
+        only = [event async for event in read_sse(bare)]
+    assert [e["event"] for e in only] == ["completed"] and only[0]["data"]["transcription"] == final["transcription"]
 
     missing = await client.get(f"/api/transcribe/{'0' * 32}/events")
     assert missing.status == 404 and (await missing.json())["error"]["code"] == "JOB_NOT_FOUND"
