@@ -27,7 +27,7 @@ from typing import Any
 import pykka
 import redis
 
-from config import LanguageProfile, QueueSettings
+from config import LanguageProfile, QueueSettings, SilenceSettings
 from sayit_actors.dispatcher import Choices, options_for
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
@@ -77,7 +77,7 @@ class QueueConsumer(SupervisedActor):
         slots: SlotPool,
         lookup: Callable[[str], pykka.ActorRef[Any]],
         profiles: Mapping[str, LanguageProfile],
-        vad: bool,
+        silence: SilenceSettings,
         node: dict[str, Any],
         result_name: str,
         metrics: Metrics,
@@ -89,7 +89,7 @@ class QueueConsumer(SupervisedActor):
         self._slots = slots
         self._lookup = lookup
         self._profiles = profiles
-        self._vad = vad
+        self._silence = silence
         self._node = node
         self._result_name = result_name
         self._metrics = metrics
@@ -250,7 +250,7 @@ class QueueConsumer(SupervisedActor):
             self._tell_result(ChunkFailure(delivery, f"chunk {task.index} audio is missing"))
             return
         profile = self._profiles.get(task.language) or self._profiles["auto"]
-        options = options_for(profile, Choices(**choices), vad=self._vad)
+        options = options_for(profile, Choices(**choices), self._silence, queued=True)
         try:
             ref = self._lookup(slot)
             record_to = self._lookup(self._result_name)

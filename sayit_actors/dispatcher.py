@@ -88,7 +88,7 @@ class Dispatcher(SupervisedActor):
         super().__init__(supervisor, name)
         self._limits = limits
         self._queue = queue
-        self._vad_sync = silence.vad == "all"
+        self._silence = silence
         self._profiles = profiles
         self._result = result
 
@@ -111,7 +111,7 @@ class Dispatcher(SupervisedActor):
         profile = self._profiles.get(msg.language)
         if profile is None:
             raise InvalidLanguage()
-        return options_for(profile, msg.choices, vad=self._vad_sync)
+        return options_for(profile, msg.choices, self._silence, queued=False)
 
     def _enqueue(self, msg: Dispatch, options: TranscriptionOptions) -> Plan:
         job_id = uuid.uuid4().hex
@@ -126,8 +126,12 @@ class Dispatcher(SupervisedActor):
         return Plan(Mode.ASYNC, options, JobTicket(job_id, len(chunks)))
 
 
-def options_for(profile: LanguageProfile, choices: Choices, vad: bool) -> TranscriptionOptions:
-    """A request's decoding options: its language profile, its choices, the node's VAD setting."""
+def options_for(
+    profile: LanguageProfile, choices: Choices, silence: SilenceSettings, queued: bool
+) -> TranscriptionOptions:
+    """A request's decoding options: its language profile, its choices, and the silence settings
+    (``SAYIT_VAD``: ``long`` filters queued chunks only, ``all`` every transcription, ``off`` none)."""
+    vad = silence.vad == "all" or (queued and silence.vad == "long")
     overrides: dict[str, Any] = {}
     if choices.temperature is not None:
         overrides["temperatures"] = (choices.temperature,)
@@ -137,6 +141,7 @@ def options_for(profile: LanguageProfile, choices: Choices, vad: bool) -> Transc
         initial_prompt=choices.prompt,
         hotwords=choices.prompt,
         vad_filter=vad,
+        no_speech_threshold=silence.no_speech_threshold,
         task=choices.task,
         **overrides,
     )

@@ -6,6 +6,7 @@ is one of the known inventions or the model itself rated it as probably not spee
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,6 +30,12 @@ def speech_regions(samples: np.ndarray) -> list[tuple[float, float]]:
     return [(r["start"] / SAMPLE_RATE, r["end"] / SAMPLE_RATE) for r in get_speech_timestamps(samples, _VAD)]
 
 
+@functools.cache
+def _known(phrases: tuple[str, ...]) -> frozenset[str]:
+    """The invented phrases as they compare (normalized once per list, not per transcript)."""
+    return frozenset(normalize(p) for p in phrases)
+
+
 def _has_speech(segment: Segment, regions: Sequence[tuple[float, float]]) -> bool:
     return any(start < segment.end and segment.start < end for start, end in regions)
 
@@ -41,14 +48,14 @@ def _invented(segment: Segment, phrases: frozenset[str], no_speech_threshold: fl
 
 
 def drop_invented(
-    transcript: Transcript, samples: np.ndarray, phrases: Sequence[str], no_speech_threshold: float = 0.6
+    transcript: Transcript, samples: np.ndarray, phrases: tuple[str, ...], no_speech_threshold: float = 0.6
 ) -> tuple[Transcript, int]:
     """The transcript without segments invented over silence, and how many were dropped.
 
     The voice-activity detector costs tens of milliseconds per 30 s of audio, so it runs only
     when a segment looks invented, to confirm that no speech is under it.
     """
-    known = frozenset(normalize(p) for p in phrases)
+    known = _known(phrases)
     suspects = [s for s in transcript.segments if _invented(s, known, no_speech_threshold)]
     if not suspects:
         return transcript, 0

@@ -94,7 +94,7 @@ class ActorSystem:
                         slots=self.slots,
                         lookup=self.directory.get,
                         profiles=settings.profiles,
-                        vad=settings.silence.vad in ("long", "all"),
+                        silence=settings.silence,
                         node=node,
                         result_name=RESULT,
                         metrics=metrics,

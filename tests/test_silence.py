@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from config import load_profiles
+from config import SilenceSettings, load_profiles
 from config.settings import INVENTED_PHRASES
 from sayit_actors import audio, silence
+from sayit_actors.dispatcher import Choices, options_for
 from sayit_actors.engine import Segment, Transcript, TranscriptionOptions
 
 
@@ -60,3 +61,13 @@ def test_the_detector_runs_only_for_suspect_segments(
 def test_a_repeated_token_over_silence_is_dropped(jfk_then_silence: np.ndarray) -> None:
     loop = Segment(12.0, 20.0, "la la la la la la")
     assert silence.drop_invented(transcript(loop), jfk_then_silence, INVENTED_PHRASES)[1] == 1
+
+
+@pytest.mark.parametrize(
+    ("vad", "queued", "filtered"),
+    [("long", True, True), ("long", False, False), ("all", False, True), ("off", True, False)],
+)
+def test_the_silence_settings_reach_the_decoding_options(vad: str, queued: bool, filtered: bool) -> None:
+    silence_settings = SilenceSettings(vad=vad, no_speech_threshold=0.45)
+    options = options_for(load_profiles()["ko"], Choices(), silence_settings, queued=queued)
+    assert options.vad_filter is filtered and options.no_speech_threshold == 0.45
