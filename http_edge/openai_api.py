@@ -16,11 +16,10 @@ from aiohttp import web
 from http_edge import repeats
 from http_edge.events import wait_for_job
 from http_edge.keys import ACTORS, SETTINGS, STARTED_AT
-from http_edge.transcribe import Form, process, read_form, sync_data, tell
-from sayit_actors import errors, formats, system
+from http_edge.transcribe import Form, process, read_form, refused_uncounted, sync_data
+from sayit_actors import errors, formats
 from sayit_actors.dispatcher import Choices
 from sayit_actors.engine import Segment
-from sayit_actors.result import RecordRequest
 
 OPENAI_MODEL = "whisper-1"
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -93,14 +92,10 @@ async def translations(request: web.Request) -> web.Response:
 
 async def _audio(request: web.Request, task: str, declared: frozenset[str]) -> web.Response:
     form = await read_form(request, request.app[SETTINGS], declared)
-    try:
+    with refused_uncounted(request, form):
         language, fmt, words, choices = _choices(request, form, task)
         # The SDKs retry a request that timed out: with an Idempotency-Key that never makes a second job.
         replay = await repeats.begin(request, form.file, language, choices, route=request.path, format=fmt)
-    except BaseException:
-        form.file.discard()
-        tell(request.app[ACTORS], system.RESULT, RecordRequest(False, 0.0))
-        raise
 
     async def respond() -> web.Response:
         data, details = await _transcript(request, form, language, choices, replay)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from sayit_actors import errors, formats, keys, system
 from sayit_actors.audio import AudioInfo
 from sayit_actors.callbacks import check_url
 from sayit_actors.dispatcher import Choices, Dispatch, Enqueue, JobTicket, Mode, Plan
-from sayit_actors.engine import LanguageGuess, Segment
+from sayit_actors.engine import DETECT_S, LanguageGuess, Segment
 from sayit_actors.probe import Probe
 from sayit_actors.result import GetJob, JobView, RecordRequest, today
 from sayit_actors.upload import Accept, IncomingFile, Release, Upload, display_name
@@ -196,11 +196,28 @@ def segment_view(segment: Segment, words: bool) -> dict[str, Any]:
     return view
 
 
-def format_response(fmt: str, data: dict[str, Any], status: int = 200) -> web.Response:
+def format_response(fmt: str, data: dict[str, Any]) -> web.Response:
     if fmt == "json":
-        return web.json_response({"success": True, "data": data}, status=status)
-    text = formats.render(fmt, data["segments"])
-    return web.Response(text=text, content_type=formats.CONTENT_TYPES[fmt], status=status)
+        return web.json_response({"success": True, "data": data})
+    return web.Response(text=formats.render(fmt, data["segments"]), content_type=formats.CONTENT_TYPES[fmt])
+
+
+def output_format(raw: str) -> str:
+    fmt = raw.strip().lower() or "json"
+    if fmt not in formats.FORMATS:
+        raise errors.InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", param="format")
+    return fmt
+
+
+@contextlib.contextmanager
+def refused_uncounted(request: web.Request, form: Form) -> Iterator[None]:
+    """Checks before any work: a refusal drops the upload and counts a failed request."""
+    try:
+        yield
+    except BaseException:
+        form.file.discard()
+        tell(request.app[ACTORS], system.RESULT, RecordRequest(False, 0.0))
+        raise
 
 
 def native_choices(form: Form) -> tuple[str, str, Choices]:
@@ -208,9 +225,7 @@ def native_choices(form: Form) -> tuple[str, str, Choices]:
     language = form.field("language", "auto").lower() or "auto"
     if language not in LANGUAGES:
         raise errors.InvalidLanguage(f"got {language[:20]!r}", param="language")
-    fmt = form.field("format", "json").lower() or "json"
-    if fmt not in formats.FORMATS:
-        raise errors.InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", param="format")
+    fmt = output_format(form.field("format", "json"))
     prompt = form.field("prompt") or None
     return language, fmt, Choices(word_timestamps=form.flag("wordTimestamps"), prompt=prompt)
 
@@ -236,16 +251,12 @@ def sync_data(outcome: Outcome, choices: Choices) -> dict[str, Any]:
 async def transcribe(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     form = await read_form(request, settings, NATIVE_FIELDS)
-    try:
+    with refused_uncounted(request, form):
         language, fmt, choices = native_choices(form)
         callback_url = form.field("callbackUrl") or None
         if callback_url is not None:
             check_url(callback_url, settings.api)
         replay = await repeats.begin(request, form.file, language, choices, format=fmt, callback=callback_url)
-    except BaseException:
-        form.file.discard()
-        tell(request.app[ACTORS], system.RESULT, RecordRequest(False, 0.0))
-        raise
     return await repeats.once(
         replay, form.file, lambda: _transcribe(request, form, language, fmt, choices, callback_url, replay)
     )
@@ -371,9 +382,7 @@ def job_id_of(request: web.Request) -> str:
 
 async def job_status(request: web.Request) -> web.Response:
     job_id = job_id_of(request)
-    fmt = request.query.get("format", "json")
-    if fmt not in formats.FORMATS:
-        raise errors.InvalidRequest(f"format must be one of {', '.join(formats.FORMATS)}", param="format")
+    fmt = output_format(request.query.get("format", "json"))
     data = await job_data(request, job_id)
     if data is None:
         raise errors.JobNotFound()
@@ -404,13 +413,13 @@ async def detect_language(request: web.Request) -> web.Response:
             )
         success = True
     finally:
-        tell(actors, system.RESULT, RecordRequest(success, time.perf_counter() - started, min(audio_s, 30.0)))
+        tell(actors, system.RESULT, RecordRequest(success, time.perf_counter() - started, min(audio_s, DETECT_S)))
     data = {
         "language": guess.language,
         "probability": guess.probability,
         "candidates": [{"language": lang, "probability": p} for lang, p in guess.candidates],
         "duration": round(got.info.duration_s, 3),
-        "detectedOn": round(min(got.info.duration_s, 30.0), 3),
+        "detectedOn": round(min(got.info.duration_s, DETECT_S), 3),
         "filename": got.upload.filename,
     }
     return web.json_response({"success": True, "data": data})

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from config import ConfigError, load_settings
+from sayit_actors import client, formats
 from sayit_actors.engine import EngineUnavailable
 from sayit_actors.redis_server import RedisPolicyError
 
@@ -88,8 +89,6 @@ def _admin(args: argparse.Namespace) -> int:
 
 def _transcribe(args: argparse.Namespace) -> int:
     """Delegates to ``sayit_actors.client``: the command needs nothing of the server's stack."""
-    from sayit_actors import client
-
     options = client.Options(
         url=args.url,
         language=args.language,
@@ -131,12 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe = commands.add_parser("transcribe", help="transcribe local recordings on a SayIt server")
     transcribe.add_argument("files", nargs="+", type=Path, metavar="FILE", help="recordings to transcribe")
     transcribe.add_argument(
-        "--url",
-        default=os.environ.get("SAYIT_URL") or "http://localhost:3000",
-        help="the server (default SAYIT_URL or http://localhost:3000)",
+        "--url", default=client.default_url(), help=f"the server (default SAYIT_URL or {client.DEFAULT_URL})"
     )
-    transcribe.add_argument("--language", choices=("ko", "en", "auto"), default="auto", help="default auto")
-    transcribe.add_argument("--format", choices=("json", "txt", "srt", "vtt"), default="json", help="default json")
+    transcribe.add_argument("--language", choices=client.LANGUAGES, default="auto", help="default auto")
+    transcribe.add_argument("--format", choices=formats.FORMATS, default="json", help="default json")
     transcribe.add_argument(
         "--out", type=Path, help="output file (one FILE) or folder of <stem>.<format> (several); default stdout"
     )

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO, Any
 
 DEFAULT_URL = "http://localhost:3000"
-FORMATS = ("json", "txt", "srt", "vtt")
 LANGUAGES = ("ko", "en", "auto")
 BLOCK_BYTES = 256 * 1024
 REQUEST_TIMEOUT_S = 600.0  # per socket operation: a sync answer may wait for a slot and the engine

@@ -141,7 +141,8 @@ def _mlx_installed() -> bool:
 
 
 LANGUAGE_CANDIDATES = 5
-DETECT_SAMPLES = 30 * 16_000
+DETECT_S = 30.0  # language detection hears one Whisper window
+DETECT_SAMPLES = round(DETECT_S * 16_000)
 
 
 def join_text(segments: tuple[Segment, ...] | list[Segment]) -> str:

@@ -167,9 +167,10 @@ class ResultActor(SupervisedActor):
             if isinstance(msg, RecordChunk):
                 self._record_chunk(msg)
             elif msg.dead:
-                self._job_ended(job_id, self.store.fail(msg.delivery, msg.reason), "failed")
-            else:
-                self._job_ended(job_id, self.store.retry_or_fail(msg.delivery, msg.reason) == "failed", "failed")
+                if self.store.fail(msg.delivery, msg.reason):
+                    self._job_ended(job_id, "failed")
+            elif self.store.retry_or_fail(msg.delivery, msg.reason) == "failed":
+                self._job_ended(job_id, "failed")
         except redis.RedisError as exc:
             delay = min(MAX_WRITE_RETRY_DELAY_S, 0.5 * 2**msg.tries)
             log.warning("Redis write for job %s failed (%s): retrying in %.1f s", msg.delivery.task.job_id, exc, delay)
@@ -185,18 +186,18 @@ class ResultActor(SupervisedActor):
         if added and done == total:
             job_id = msg.delivery.task.job_id
             with self.doing(f"merging job {job_id}"):
-                self._job_ended(job_id, self.store.finish(job_id) is not None, "completed")
+                result = self.store.finish(job_id)
+            if result is not None:
+                self._job_ended(job_id, "completed", result)
 
-    def _job_ended(self, job_id: str, ended: bool, outcome: str) -> None:
-        if not ended:
-            return
+    def _job_ended(self, job_id: str, outcome: str, result: dict[str, Any] | None = None) -> None:
+        """Count the job once, and tell its callback URL (if any) the outcome."""
         self._metrics.jobs.labels(outcome).inc()
         if self._callbacks is None:
             return
         job = self.store.get(job_id) or {}
         url = job.get("callback_url")
         if url:
-            result = self.store.result(job_id) if outcome == "completed" else None
             payload = {
                 "jobId": job_id,
                 "status": outcome,

@@ -24,7 +24,7 @@ import pykka
 from config import SilenceSettings
 from sayit_actors import audio
 from sayit_actors.chunking import from_flac
-from sayit_actors.engine import DETECT_SAMPLES, Engine, Segment, Transcript, TranscriptionOptions
+from sayit_actors.engine import Engine, Segment, Transcript, TranscriptionOptions
 from sayit_actors.errors import EngineFailure
 from sayit_actors.jobstore import Delivery
 from sayit_actors.result import RecordChunk
@@ -108,8 +108,8 @@ class WhisperActor(SupervisedActor):
                     return self._run(samples, message.options)
             case DetectLanguage():
                 with self.doing("detecting a language"):
-                    samples = audio.decode(message.path, message.expected_duration_s)[:DETECT_SAMPLES]
-                    return self._engine_call(self._engine.detect_language, samples)
+                    samples = audio.decode(message.path, message.expected_duration_s)
+                    return self._engine_call(self._engine.detect_language, samples)  # it hears the first 30 s
             case TranscribeChunk():
                 task = message.delivery.task
                 with self.doing(f"transcribing chunk {task.index} of job {task.job_id}"):

@@ -7,14 +7,13 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import redis
 
-from sayit_actors import client
+from sayit_actors import client, keys
 from sayit_actors.redis_server import free_port
 from tests.clips import normalized
 from tests.conftest import CORPUS, JFK
@@ -133,65 +132,56 @@ def test_an_unreachable_server_says_so(tmp_path: Path) -> None:
     assert result.stderr.count(f"cannot reach {nowhere}") == 1  # stops instead of failing every file
 
 
-class _Busy(BaseHTTPRequestHandler):
-    """Answers 503 SERVER_BUSY with Retry-After: 0 for the first ``busy`` requests, then a result."""
-
-    busy = 0
-    seen = 0
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).seen += 1
-        if type(self).seen <= type(self).busy:
-            body = {"success": False, "error": {"code": "SERVER_BUSY", "message": "every slot is busy"}}
-            self._send(503, json.dumps(body).encode(), {"Retry-After": "0"})
-        else:
-            self._send(200, b"hello\n", {"Content-Type": "text/plain; charset=utf-8"})
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **headers}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+QUEUE_BUDGET_S = 100
 
 
 @pytest.fixture
-def busy_server() -> Iterator[tuple[str, type[_Busy]]]:
-    handler = type("Busy", (_Busy,), {"busy": 0, "seen": 0})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
+def queue_server(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, redis.Redis]]:
+    """A node whose queue budget the test can fill: QUEUE_FULL is a real 503 with Retry-After (5 s)."""
+    env = {
+        "REDIS_URL": redis_url,
+        "SAYIT_MAX_QUEUED_AUDIO_S": str(QUEUE_BUDGET_S),
+        "SAYIT_RESULT_CACHE": "false",
+        "SAYIT_STALL_INTERVAL_S": "2",
+    }  # Retry-After of QUEUE_FULL: max(5 s, the stall interval)
+    with serve(tmp_path / "data", MAX_CONCURRENT_CHUNKS="2", **env) as (_, base):
+        yield base, redis.Redis.from_url(redis_url)
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize(("busy", "status"), [(2, 0), (4, 1)])
-def test_503_is_retried_three_times_after_retry_after(
-    busy_server: tuple[str, type[_Busy]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    busy: int,
-    status: int,
-) -> None:
-    url, handler = busy_server
-    handler.busy = busy
-    audio = tmp_path / "a.wav"
-    audio.write_bytes(b"RIFF" + bytes(1000))
-    assert client.run([audio], client.Options(url=url, fmt="txt")) == status
-    out, err = capsys.readouterr()
-    assert handler.seen == min(busy + 1, 4)
-    assert err.count("SERVER_BUSY, retrying in 0 s") == min(busy, 3)
-    if status:
-        assert f"{audio}: SERVER_BUSY every slot is busy" in err
-    else:
-        assert out == "hello\n"
+def fill_the_queue(r: redis.Redis) -> None:
+    """As if other uploads had queued the whole budget of audio."""
+    r.set(keys.QUEUED_AUDIO_MS, QUEUE_BUDGET_S * 1000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_full_queue_is_retried_three_times_then_fails(queue_server: tuple[str, redis.Redis]) -> None:
+    url, r = queue_server
+    fill_the_queue(r)
+    result = sayit(CORPUS / "multilingual.mp3", "--format", "txt", url=url, timeout=100)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("QUEUE_FULL, retrying in 5 s") == 3
+    assert "multilingual.mp3: QUEUE_FULL" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_full_queue_is_retried_until_it_has_room(queue_server: tuple[str, redis.Redis]) -> None:
+    url, r = queue_server
+    fill_the_queue(r)
+    command = [sys.executable, "-m", "sayit_actors.cli", "transcribe", str(CORPUS / "multilingual.mp3"), "--format",
+               "txt"]  # fmt: skip
+    with subprocess.Popen(
+        command, env=node_env(SAYIT_URL=url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stderr is not None and process.stdout is not None
+        first = process.stderr.readline()
+        assert "QUEUE_FULL, retrying in 5 s (1/3)" in first, first
+        r.set(keys.QUEUED_AUDIO_MS, 0)  # the other uploads are done
+        out, err = process.communicate(timeout=150)
+    assert process.returncode == 0, err
+    text = normalized(out)
+    assert "permission is hereby granted" in text and "der diese software" in text
 
 
 def test_progress_redraws_one_line_on_a_terminal() -> None:

@@ -293,7 +293,7 @@ async def test_thirty_seconds_of_silence_or_low_noise_give_no_text(
         data = (await response.json())["data"]
         assert response.status == 200 and data["mode"] == "sync"
         assert data["transcription"] == "" and data["segments"] == [], data
-        assert data["droppedSegments"] >= 0
+        assert isinstance(data["droppedSegments"], int)  # the response says how many it dropped
 
 
 async def test_a_long_quiet_recording_gives_no_text(client: TestClient, tmp_path: Path) -> None:
