@@ -323,3 +323,11 @@ def print_log_problems(problems: list[str]) -> None:
     print(f"server log: {len(problems)} warning/error line(s):")
     for line in problems[:20]:
         print(f"  {line}")
+
+
+def server_options(settings: Any, queued: bool) -> Any:
+    """The decoding options a server with ``settings`` uses for English audio (a queued chunk, or
+    a short upload): the direct phases call the engine with exactly these."""
+    from sayit_actors.dispatcher import Choices, options_for
+
+    return options_for(settings.profiles["en"], Choices(), settings.silence, queued=queued)

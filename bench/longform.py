@@ -9,7 +9,8 @@ at least that length from the corpus (jfk.flac, stereo_diarization.wav, the Engl
 multilingual.mp3, hotwords.mp3, 0.5 s of silence between clips, repeated), times it through a real
 ``sayit serve`` (from just before the POST until a 0.1 s status poll first sees ``completed``, so
 the server's decode and split are included), then times one ``engine.transcribe`` on the decoded
-samples in this process (decode not timed; one worker, all cores). Targets, at every length: async
+samples in this process (decode not timed; one worker, all cores; the decoding options the server
+gives a queued chunk, voice-activity filter included). Targets, at every length: async
 wall / direct wall at most 0.70, and a word error rate of the async transcript against the direct
 one of at most 3 %. A least-squares line of wall seconds against audio minutes, for each path, shows
 how wall time grows with length.
@@ -192,12 +193,11 @@ def run_direct_phase(recordings: Sequence[Recording], clips: dict[str, np.ndarra
     """One engine, loaded and warmed up once, then one call per recording and (not timed) one per clip."""
     # Imported here so that the engine's libraries load only once the server has stopped.
     from config import load_settings
-    from sayit_actors.engine import TranscriptionOptions
     from sayit_actors.faster_engine import FasterWhisperEngine
 
     settings = load_settings({})
     engine = FasterWhisperEngine.load(settings.engine, workers=1)  # cpu_threads 0: all cores for the one worker
-    options = TranscriptionOptions.from_profile(settings.profiles["en"])
+    options = common.server_options(settings, queued=True)
     phase = DirectPhase(model=engine.model, device=engine.device, compute_type=engine.compute_type)
     engine.transcribe(audio.decode(WARMUP_AUDIO), options)
     for recording in recordings:
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     durations = ", ".join(f"{r.duration_s:.1f} s ({len(r.clips)} clips)" for r in recordings)
     notes = (
         f"- Whisper {direct.model} {direct.compute_type} on {direct.device}; server: {args.slots} slots, queue poll "
-        f"{POLL_S} s; direct: 1 worker, all cores; language en\n"
+        f"{POLL_S} s; direct: 1 worker, all cores, the server's options for a queued chunk (VAD on); language en\n"
         f"- recordings: {durations}; clips {', '.join(name for name, _ in CLIPS)} in turn (multilingual.mp3 cut to "
         f"its English first 30 s), {GAP_S} s of silence between them\n"
         "- async: from just before the POST until a status poll (every 0.1 s) first sees `completed`, so it "

@@ -98,12 +98,11 @@ def run_http_phase(audio_path: Path, runs: int, slots: int) -> HttpPhase:
 def run_direct_phase(audio_path: Path, runs: int, slots: int) -> DirectPhase:
     # Imported here so that the engine's libraries load only once the server has stopped.
     from config import load_settings
-    from sayit_actors.engine import TranscriptionOptions
     from sayit_actors.faster_engine import FasterWhisperEngine
 
     settings = load_settings({"MAX_CONCURRENT_CHUNKS": str(slots)})
     engine = FasterWhisperEngine.load(settings.engine, workers=slots)
-    options = TranscriptionOptions.from_profile(settings.profiles["en"])
+    options = common.server_options(settings, queued=False)
     info = audio.probe(audio_path)
     result = DirectPhase(model=engine.model, device=engine.device, compute_type=engine.compute_type)
 

@@ -29,7 +29,6 @@ from common import Row, summary, verdict
 
 from config import load_settings
 from sayit_actors import audio
-from sayit_actors.engine import TranscriptionOptions
 from sayit_actors.faster_engine import FasterWhisperEngine
 
 TARGET_RATIO_AT_8 = 0.90
@@ -99,7 +98,7 @@ def http_levels(
 def direct_levels(levels: list[int], seconds: float, slots: int, clip: Path, clip_s: float) -> list[dict[str, Any]]:
     settings = load_settings({"MAX_CONCURRENT_CHUNKS": str(slots)})
     engine = FasterWhisperEngine.load(settings.engine, workers=slots)
-    options = TranscriptionOptions.from_profile(settings.profiles["en"])
+    options = common.server_options(settings, queued=False)
 
     def once() -> int:
         engine.transcribe(audio.decode(clip), options)
