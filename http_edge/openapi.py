@@ -179,7 +179,7 @@ SCHEMAS: dict[str, Schema] = {
         {"status": STR, "timestamp": STR, "uptime": NUM, "services": ANY_OBJECT, "stats": nullable(ANY_OBJECT)}
     ),
     "Live": obj({"status": STR}),
-    "Ready": obj({"status": STR, "redis": STR, "slotsAlive": INT}),
+    "Ready": obj({"status": STR, "redis": STR, "slotsAlive": INT, "givenUp": array(STR)}),
     "ActorStatus": ANY_OBJECT,
     "Actors": envelope(obj({"node": obj({"id": STR, "role": STR}), "actors": array(ref("ActorStatus"))})),
     "Actor": envelope(ref("ActorStatus")),
@@ -250,7 +250,7 @@ def _paths(admin: bool) -> dict[str, Any]:
         "/health": {"get": {"summary": "The node, its actors, Redis and the queue", "responses": {
             "200": _json("healthy", "Health"), "503": _json("unhealthy", "Health")}}},
         "/health/live": {"get": {"summary": "The process answers", "responses": {"200": _json("alive", "Live")}}},
-        "/health/ready": {"get": {"summary": "Redis answers and a slot is alive", "responses": {
+        "/health/ready": {"get": {"summary": "Redis answers, a slot is alive and no actor was given up on", "responses": {
             "200": _json("ready", "Ready"), "503": _json("not ready", "Ready")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
             "200": {"description": "text exposition format", "content": {"text/plain": {"schema": STR}}}}}},

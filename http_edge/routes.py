@@ -115,11 +115,22 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Redis answers and a slot is alive: a load balancer may send traffic."""
+    """Redis answers, a slot is alive and no actor was given up on: a load balancer may send traffic.
+
+    An actor the Supervisor stopped restarting (a crash loop) is named, so that the node is taken
+    out of rotation and an operator knows what to restart (``POST /admin/actors/{name}/restart``).
+    """
     redis_status = await _redis_status(request)
-    alive = sum(1 for c in await _children(request) if c.kind == "WhisperActor" and c.alive)
-    is_ready = redis_status["status"] == "up" and alive > 0
-    body = {"status": "ready" if is_ready else "not ready", "redis": redis_status["status"], "slotsAlive": alive}
+    children = await _children(request)
+    alive = sum(1 for c in children if c.kind == "WhisperActor" and c.alive)
+    given_up = [c.name for c in children if c.given_up]
+    is_ready = redis_status["status"] == "up" and alive > 0 and not given_up
+    body = {
+        "status": "ready" if is_ready else "not ready",
+        "redis": redis_status["status"],
+        "slotsAlive": alive,
+        "givenUp": given_up,
+    }
     return web.json_response(body, status=200 if is_ready else 503)
 
 

@@ -34,7 +34,7 @@ from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import client_options
 from sayit_actors.result import ChunkFailure, RecordChunk
 from sayit_actors.slots import SlotPool
-from sayit_actors.supervisor import SupervisedActor, Supervisor
+from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
 from sayit_actors.whisper import ChunkFailed, ChunkTranscribed, TranscribeChunk
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ REDIS_DOWN_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
-class Poll:
+class Poll(Told):
     """One step; only the latest scheduled one runs (a finished chunk supersedes a pending timer)."""
 
     generation: int = 0
@@ -124,7 +124,7 @@ class QueueConsumer(SupervisedActor):
         assert self._store is not None
         return self._store
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case Poll(generation):
                 if generation == self._generation:

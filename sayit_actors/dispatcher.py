@@ -92,7 +92,7 @@ class Dispatcher(SupervisedActor):
         self._profiles = profiles
         self._result = result
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case Dispatch():
                 options = self._options_for(message)

@@ -49,6 +49,9 @@ class Metrics:
         )
         self.actor_up = Gauge("sayit_actor_up", "1 while the actor runs", ["actor", "kind"], registry=r)
         self.actor_restarts = Counter("sayit_actor_restarts", "Restarts by the supervisor", ["actor"], registry=r)
+        self.messages_dropped = Counter(
+            "sayit_messages_dropped", "Told messages an actor failed on and dropped", ["actor", "reason"], registry=r
+        )
         self.model_load_seconds = Gauge("sayit_model_load_seconds", "Time to load the model", ["engine"], registry=r)
         self.redis_up = Gauge("sayit_redis_up", "1 when Redis answered the last check", registry=r)
         self.real_time_factor = Histogram(

@@ -17,7 +17,7 @@ class Probe:
 
 
 class DurationProbe(SupervisedActor):
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case Probe(path, fmt):
                 return audio.probe(path, fmt)

@@ -22,14 +22,14 @@ from sayit_actors.chunking import Chunk
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import client_options
-from sayit_actors.supervisor import SupervisedActor, Supervisor
+from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
 
 log = logging.getLogger(__name__)
 MAX_WRITE_RETRY_DELAY_S = 10.0
 
 
 @dataclass(frozen=True)
-class RecordRequest:
+class RecordRequest(Told):
     success: bool
     processing_s: float
     audio_s: float = 0.0
@@ -57,14 +57,14 @@ class GetJob:
 
 
 @dataclass(frozen=True)
-class RecordChunk:
+class RecordChunk(Told):
     delivery: Delivery
     result: dict[str, Any]
     tries: int = 0
 
 
 @dataclass(frozen=True)
-class ChunkFailure:
+class ChunkFailure(Told):
     delivery: Delivery
     reason: str
     dead: bool = False  # True: no retry (the task stalled past its limit)
@@ -142,7 +142,7 @@ class ResultActor(SupervisedActor):
         if self._callbacks is not None:
             self._callbacks.close()
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case RecordRequest():
                 return self._record_request(message)

@@ -4,6 +4,12 @@ One-for-one: a child that fails is replaced by a fresh one from its spec, the ot
 running. A child that fails more than ``max_restarts`` times within ``window_s`` is left
 stopped (a crash loop is not healed by restarting faster) and reported as given up.
 Children tell the Supervisor of their failure from ``on_failure`` (see ``SupervisedActor``).
+
+An actor never dies of one bad message: a told message (``Told``: nobody waits on its answer)
+that fails for reasons of its own (bad data, a missing key) is logged once with its job id,
+counted (``sayit_messages_dropped_total{actor,reason}``), and the actor goes on. Only
+``ActorBroken`` (the actor's own state is broken) still stops it, so that it gets replaced.
+An asked message's failure goes back to the one who asked, as Pykka does.
 """
 
 from __future__ import annotations
@@ -33,6 +39,20 @@ class ChildSpec:
     name: str
     kind: str
     factory: Factory
+
+
+class Told:
+    """Base of messages sent with ``tell``: nobody waits on their answer, so a failure is dropped."""
+
+
+class ActorBroken(RuntimeError):
+    """The actor's own state is broken: raised from ``handle``, it has the Supervisor replace the actor."""
+
+
+@dataclass(frozen=True)
+class MessageDropped:
+    actor: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,34 @@ class SupervisedActor(pykka.ThreadingActor):
         self.supervisor = supervisor
         self.name = name
 
+    def handle(self, message: Any) -> Any:
+        """The actor's own message handling (what ``on_receive`` is to a plain Pykka actor)."""
+        raise TypeError(f"unexpected message {message!r}")
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            return self.handle(message)
+        except ActorBroken:
+            raise
+        except Exception as exc:
+            if not isinstance(message, Told):
+                raise  # asked: the caller gets the error; told and unknown: a crash, as before
+            self._dropped(message, exc)
+            return None
+
+    def _dropped(self, message: Told, exc: Exception) -> None:
+        job = job_of(message)
+        log.error(
+            "%s dropped %s%s: %s",
+            self.name,
+            type(message).__name__,
+            f" of job {job}" if job else "",
+            repr(exc),
+            exc_info=exc,
+        )
+        if self.supervisor.is_alive():
+            self.supervisor.tell(MessageDropped(self.name, type(exc).__name__))
+
     @contextmanager
     def doing(self, what: str) -> Iterator[None]:
         """Show ``what`` as this actor's activity (admin endpoint) while the block runs."""
@@ -129,6 +177,15 @@ class SupervisedActor(pykka.ThreadingActor):
     ) -> None:
         if self.supervisor.is_alive():
             self.supervisor.tell(ChildFailed(self.name, repr(exception_value)))
+
+
+def job_of(message: object) -> str | None:
+    """The job a message is about, for the log: its ``job_id``, or its delivery's task's."""
+    job = getattr(message, "job_id", None)
+    if job is None:
+        task = getattr(getattr(message, "delivery", None), "task", None)
+        job = getattr(task, "job_id", None)
+    return str(job) if job else None
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -152,6 +209,9 @@ class Supervisor(pykka.ThreadingActor):
             case StartAll():
                 for child in self._children.values():
                     self._start(child)
+                return None
+            case MessageDropped(actor, reason):
+                self._metrics.messages_dropped.labels(actor, reason).inc()
                 return None
             case ChildFailed(name, error):
                 self._child_failed(name, error)

@@ -22,7 +22,7 @@ import pykka
 
 from sayit_actors.audio import AudioFormat, sniff_file
 from sayit_actors.errors import EmptyFile, FileTooLarge, InvalidFormat
-from sayit_actors.supervisor import SupervisedActor, Supervisor
+from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
 
 log = logging.getLogger(__name__)
 INCOMING = "incoming"
@@ -49,7 +49,7 @@ class Accept:
 
 
 @dataclass(frozen=True)
-class Release:
+class Release(Told):
     upload_id: str
 
 
@@ -126,7 +126,7 @@ class UploadActor(SupervisedActor):
             path.unlink(missing_ok=True)
         self._live.clear()
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case Accept():
                 return self._accept(message)

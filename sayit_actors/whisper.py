@@ -29,7 +29,7 @@ from sayit_actors.errors import EngineFailure
 from sayit_actors.jobstore import Delivery
 from sayit_actors.result import RecordChunk
 from sayit_actors.silence import drop_invented
-from sayit_actors.supervisor import SupervisedActor, Supervisor
+from sayit_actors.supervisor import ActorBroken, SupervisedActor, Supervisor, Told
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,7 +56,7 @@ class Transcribed:
 
 
 @dataclass(frozen=True)
-class TranscribeChunk:
+class TranscribeChunk(Told):
     """A queued chunk: its result goes straight to ``record_to`` (the ResultActor), and
     ``reply_to`` (the QueueConsumer, which may be waiting on a stream read) learns the slot is free."""
 
@@ -69,7 +69,7 @@ class TranscribeChunk:
 
 
 @dataclass(frozen=True)
-class ChunkTranscribed:
+class ChunkTranscribed(Told):
     delivery: Delivery
     slot: str
     result: dict[str, Any]
@@ -77,18 +77,18 @@ class ChunkTranscribed:
 
 
 @dataclass(frozen=True)
-class ChunkFailed:
+class ChunkFailed(Told):
     delivery: Delivery
     slot: str
     reason: str
 
 
 @dataclass(frozen=True)
-class _EngineBroke:
+class _EngineBroke(Told):
     error: str
 
 
-class EngineBroke(RuntimeError):
+class EngineBroke(ActorBroken):
     """Raised inside the actor to have the Supervisor replace it."""
 
 
@@ -100,7 +100,7 @@ class WhisperActor(SupervisedActor):
         self._engine = engine
         self._silence = silence
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case Transcribe():
                 with self.doing(f"transcribing a {message.expected_duration_s:.0f} s upload"):
