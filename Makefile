@@ -13,7 +13,7 @@ else
 TEST_EXTRAS := redis,dev,mlx
 endif
 
-.PHONY: run test lint typecheck pytest tools bench clean
+.PHONY: run test lint typecheck pytest tools bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/scaleout.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/memory.py
 	$(BIN)/python bench/report.py
+
+# The chaos soak for 5 minutes (make test runs a 45 s one): figures in docs/results/chaos.json.
+chaos: $(TEST_STAMP)
+	HF_HUB_OFFLINE=1 SAYIT_CHAOS_S=300 SAYIT_CHAOS_REPORT=docs/results/chaos.json $(BIN)/pytest tests/test_chaos.py -s
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
