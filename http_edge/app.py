@@ -13,9 +13,10 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 
 from config import Settings, WorkerMode
+from http_edge.admission import Admission
 from http_edge.bridge import ActorBridge
-from http_edge.keys import ACTORS, BRIDGE, CLOSING, METRICS, REDIS, REDIS_URL, SETTINGS, STARTED_AT
-from http_edge.middlewares import MIDDLEWARES
+from http_edge.keys import ACTORS, ADMISSION, BRIDGE, CLOSING, METRICS, REDIS, REDIS_URL, SETTINGS, STARTED_AT
+from http_edge.middlewares import MIDDLEWARES, add_headers
 from http_edge.routes import add_routes
 from sayit_actors.engine import Engine, create_engine
 from sayit_actors.metrics import Metrics
@@ -23,6 +24,7 @@ from sayit_actors.redis_server import EmbeddedRedis, check_policy, client_option
 from sayit_actors.system import ActorSystem
 
 log = logging.getLogger(__name__)
+REDIS_POOL_WAIT_S = 5.0  # how long a request waits for a free Redis connection before its 503
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Application:
@@ -32,6 +34,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Appli
     app[METRICS] = Metrics(settings.worker_id, settings.worker_mode.value)
     app[STARTED_AT] = time.time()
     app[CLOSING] = asyncio.Event()
+    app[ADMISSION] = Admission(settings.limits)
+    app.on_response_prepare.append(add_headers)
     app.on_shutdown.append(_closing)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_actors_ctx(engine))
@@ -45,7 +49,11 @@ async def _closing(app: web.Application) -> None:
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Redis: the configured server, or an embedded redis-server when there is none."""
+    """Redis: the configured server, or an embedded redis-server when there is none.
+
+    The node's one client draws on a bounded pool that makes a request wait for a free
+    connection (``SAYIT_REDIS_MAX_CONNECTIONS``), not fail at once, and never grows past it.
+    """
     settings = app[SETTINGS]
     embedded: EmbeddedRedis | None = None
     url = settings.redis_url
@@ -55,7 +63,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         url = embedded.url
     options = client_options()
     options["retry"] = AsyncRetry(ExponentialBackoff(cap=2.0, base=0.1), retries=5)
-    client = aioredis.Redis.from_url(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=settings.redis_max_connections, timeout=REDIS_POOL_WAIT_S, **options
+    )
+    client = aioredis.Redis.from_pool(pool)
     try:
         check_policy(await client.info("memory"))
         app[METRICS].redis_up.set(1)

@@ -2,13 +2,19 @@
 
 It never blocks its inbox for long: each step is a ``Poll`` message it sends itself, and a
 blocking stream read waits at most ``poll_s``. Per step it
-- publishes this node's heartbeat (id, role, slots);
-- moves retries whose backoff is over back into the stream;
 - renews the lease of every chunk its slots are working on (XCLAIM JUSTID resets the idle
   time without counting a delivery), and notices a slot that died mid-chunk;
+- once per heartbeat interval, trims acknowledged tasks from the stream and publishes this
+  node's heartbeat (id, role, slots);
+- moves retries whose backoff is over back into the stream;
 - reclaims tasks idle longer than the stall interval (a node died holding them): a task that
   already stalled ``max_stalls`` times is dead-lettered instead;
-- reads new tasks, at most one per free slot.
+- reads new tasks, at most one per free slot. A task whose job has ended (failed with chunks
+  still queued) or expired is acknowledged and dropped.
+
+Any Redis error (a restart, OOM at maxmemory, READONLY, LOADING, a timeout) only pauses the
+steps: the consumer backs off and tries again, and takes no new task until Redis answers. Leases
+are renewed first, as XCLAIM still works when Redis refuses writes at maxmemory.
 
 Results and failures go to the ResultActor; on SIGTERM the node drains: it stops taking tasks,
 lets running chunks finish within the drain timeout, and hands back the rest.
@@ -31,14 +37,13 @@ from config import LanguageProfile, QueueSettings, SilenceSettings
 from sayit_actors.dispatcher import Choices, options_for
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
-from sayit_actors.redis_server import client_options
-from sayit_actors.result import ChunkFailure, RecordChunk
+from sayit_actors.redis_server import Outage, client_options
+from sayit_actors.result import ChunkFailure
 from sayit_actors.slots import SlotPool
 from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
 from sayit_actors.whisper import ChunkFailed, ChunkTranscribed, TranscribeChunk
 
 log = logging.getLogger(__name__)
-REDIS_DOWN_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,12 @@ class QueueConsumer(SupervisedActor):
         self._engine = engine
         self._consumer = str(node["id"])
         self._running: dict[str, _Running] = {}
+        self._unstarted: list[Delivery] = []  # read from the stream, not started yet
         self._draining = False
         self._heartbeat_at = 0.0
         self._redis: redis.Redis | None = None
         self._store: JobStore | None = None
-        self._redis_ok = True
+        self._outage = Outage(f"queue consumer {self._consumer}")
         self._generation = 0
 
     def on_start(self) -> None:
@@ -112,7 +118,7 @@ class QueueConsumer(SupervisedActor):
         # A restart (or a stop before the drain) puts running chunks back in the queue at once;
         # their slots finish them anyway, and the first result recorded wins.
         running = list(self._running.values())
-        if running:
+        if running or self._unstarted:
             self._hand_back()
         for item in running:
             self._slots.release(item.slot)
@@ -152,27 +158,27 @@ class QueueConsumer(SupervisedActor):
     def _poll(self) -> None:
         took = 0
         try:
+            self._renew()
             self._heartbeat()
             self.store.move_due_retries()
-            self._renew()
             if not self._draining:
                 took = self._take_work()
-            if not self._redis_ok:
-                log.info("Redis answers again: the queue consumer resumes")
-            self._redis_ok = True
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            self.store.ensure_group()  # a new (or emptied) Redis: create the stream and its group
-            self._schedule_poll(0)
-            return
         except redis.RedisError as exc:
-            if self._redis_ok:
-                log.warning("queue consumer cannot reach Redis (%s): retrying every %.0f s", exc, REDIS_DOWN_RETRY_S)
-            self._redis_ok = False
-            self._schedule_poll(REDIS_DOWN_RETRY_S)
+            if "NOGROUP" in str(exc) and self._create_group():
+                self._schedule_poll(0)
+            else:
+                self._schedule_poll(self._outage.failed(exc))
             return
+        self._outage.ok()
         self._schedule_poll(0 if took else (self._q.poll_s if self._free_slots() == 0 or self._draining else 0))
+
+    def _create_group(self) -> bool:
+        """A new (or emptied) Redis: create the stream and its group; False if Redis refuses that too."""
+        try:
+            self.store.ensure_group()
+        except redis.RedisError:
+            return False
+        return True
 
     def _schedule_poll(self, delay_s: float) -> None:
         self._generation += 1
@@ -184,37 +190,48 @@ class QueueConsumer(SupervisedActor):
         timer.start()
 
     def _heartbeat(self) -> None:
+        """Trim, then beat: trimming frees memory, so it runs even while Redis refuses writes."""
         now = time.monotonic()
         if now - self._heartbeat_at >= self._q.heartbeat_s:
+            trimmed = self.store.trim()
+            if trimmed:
+                log.debug("trimmed %d acknowledged chunk tasks from the stream", trimmed)
             self.store.heartbeat(self._consumer, {**self._node, "busy": len(self._running)})
             self._heartbeat_at = now
 
     def _renew(self) -> None:
+        """Renew the leases due, and those of tasks read but not started yet (Redis failed meanwhile)."""
         now = time.monotonic()
-        due = []
-        for entry_id, running in list(self._running.items()):
+        due: list[_Running] = []
+        for running in list(self._running.values()):
             if not running.ref.is_alive():  # the slot crashed mid-chunk: it will never answer
                 self._finished(running.delivery, running.slot)
                 self._tell_result(ChunkFailure(running.delivery, "the transcription slot crashed"))
             elif now - running.renewed_at >= self._q.stall_interval_s / 3:
-                due.append(entry_id)
-                running.renewed_at = now
-        self.store.renew(self._consumer, due)
+                due.append(running)
+        self.store.renew(self._consumer, [r.delivery.entry_id for r in due] + [d.entry_id for d in self._unstarted])
+        for running in due:
+            running.renewed_at = now
 
     def _free_slots(self) -> int:
         return self._slots.capacity - self._slots.busy
 
     def _take_work(self) -> int:
+        """Start tasks on free slots; a task read but not started when Redis fails is started later."""
         free = self._free_slots()
         if free <= 0:
             return 0
-        deliveries = self._reclaim_stalled(free)
-        if not deliveries:
+        if not self._unstarted:
+            self._unstarted = self._reclaim_stalled(free)
+        if not self._unstarted:
             block_ms = round(self._q.poll_s * 1000)
-            deliveries = self.store.read_new(self._consumer, free, block_ms)
-        for delivery in deliveries:
-            self._start(delivery)
-        return len(deliveries)
+            self._unstarted = self.store.read_new(self._consumer, free, block_ms)
+        took = 0
+        while self._unstarted:
+            self._start(self._unstarted[0])
+            self._unstarted.pop(0)
+            took += 1
+        return took
 
     def _reclaim_stalled(self, count: int) -> list[Delivery]:
         stall_ms = round(self._q.stall_interval_s * 1000)
@@ -238,13 +255,19 @@ class QueueConsumer(SupervisedActor):
         task = delivery.task
         status, choices = self.store.job_status(task.job_id)
         if status in (None, "failed", "completed"):
-            self._tell_result(RecordChunk(delivery, {}))  # acks it; a settled job records nothing
+            # A chunk left queued when its job failed, or handed back after it completed: nothing to do.
+            self.store.ack(delivery)
+            log.info("dropped chunk %d of job %s: the job is %s", task.index, task.job_id, status or "gone")
             return
         slot = self._slots.acquire(0)
         if slot is None:  # a short upload took the slot meanwhile
             self.store.hand_back(delivery)
             return
-        flac = self.store.chunk_audio(task)
+        try:
+            flac = self.store.chunk_audio(task)
+        except redis.RedisError:
+            self._slots.release(slot)
+            raise
         if flac is None:
             self._slots.release(slot)
             self._tell_result(ChunkFailure(delivery, f"chunk {task.index} audio is missing"))
@@ -269,13 +292,14 @@ class QueueConsumer(SupervisedActor):
 
     def _hand_back(self) -> int:
         handed = 0
-        for running in list(self._running.values()):
+        for delivery in [r.delivery for r in self._running.values()] + self._unstarted:
             try:
-                self.store.hand_back(running.delivery)
+                self.store.hand_back(delivery)
                 handed += 1
             except redis.RedisError as exc:
-                log.warning("could not hand back chunk %s: %s (it will be reclaimed)", running.delivery.entry_id, exc)
+                log.warning("could not hand back chunk %s: %s (it will be reclaimed)", delivery.entry_id, exc)
         self._running.clear()
+        self._unstarted.clear()
         with contextlib.suppress(redis.RedisError):
             self.store.forget_node(self._consumer)
         return handed

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ import redis
 
 from config import QueueSettings
 from sayit_actors import keys
-from sayit_actors.chunking import Chunk, to_flac
+from sayit_actors.chunking import Chunk, Span, to_flac
 from sayit_actors.errors import QueueFull
 
 DEAD_LETTER_MAXLEN = 10_000
@@ -63,6 +64,7 @@ class Delivery:
 _CREATE = """
 -- KEYS: queued_ms, job, stream, events, audio keys...   ARGV: budget_ms, job_ms, job fields (json), tasks (json),
 --       chunks in all
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end  -- a retried call: the job is there already
 local queued = tonumber(redis.call('GET', KEYS[1]) or '0')
 if queued + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
   for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
@@ -79,6 +81,13 @@ for _, task in ipairs(cjson.decode(ARGV[4])) do
 end
 redis.call('INCRBY', KEYS[1], ARGV[2])
 return 1
+"""
+
+_DROP_AUDIO = """
+-- KEYS: job, audio keys...: the chunk audio of a job that was never created (a created job keeps its own)
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+return #KEYS - 1
 """
 
 _RECORD = """
@@ -142,6 +151,7 @@ class JobStore:
         self.r: Any = client
         self.q = queue
         self._create = client.register_script(_CREATE)
+        self._drop_audio = client.register_script(_DROP_AUDIO)
         self._record = client.register_script(_RECORD)
         self._fail = client.register_script(_FAIL)
         self._move_due = client.register_script(_MOVE_DUE)
@@ -152,17 +162,17 @@ class JobStore:
         job_id: str,
         language: str,
         duration_s: float,
-        chunks: list[Chunk],
+        chunks: Sequence[Span],
         filename: str,
         choices: dict[str, Any] | None = None,
         callback_url: str | None = None,
     ) -> None:
-        """Store the chunks' audio, the job and its tasks; raises QueueFull over the audio budget."""
+        """Create the job and its tasks over chunk audio already stored (``put_chunk_audio``).
+
+        Raises QueueFull over the audio budget, and then deletes that audio. Running it twice
+        (a retry after a lost reply) creates the job once.
+        """
         audio_keys = [keys.chunk_audio(job_id, c.index) for c in chunks]
-        with self.r.pipeline(transaction=False) as pipe:
-            for key, chunk in zip(audio_keys, chunks, strict=True):
-                pipe.set(key, to_flac(chunk.samples), ex=PENDING_AUDIO_TTL_S)
-            pipe.execute()
         tasks = [
             Task(job_id, c.index, round(c.start_s * 1000), round(c.duration_s * 1000), language).fields()
             for c in chunks
@@ -178,7 +188,30 @@ class JobStore:
             args=[round(self.q.max_queued_audio_s * 1000), job_ms, json.dumps(fields), json.dumps(tasks), len(chunks)],
         )
         if not created:
-            raise QueueFull(retry_after_s=max(5, round(self.q.stall_interval_s)))
+            raise self._queue_full()
+
+    def check_room(self, audio_s: float) -> None:
+        """Raise QueueFull if ``audio_s`` more would pass the queued-audio budget.
+
+        A cheap look before any chunk audio is written; ``create`` checks again, atomically,
+        with the decoded length.
+        """
+        if int(self.r.get(keys.QUEUED_AUDIO_MS) or 0) + round(audio_s * 1000) > round(self.q.max_queued_audio_s * 1000):
+            raise self._queue_full()
+
+    def put_chunk_audio(self, job_id: str, chunk: Chunk) -> None:
+        """Store one chunk's audio (FLAC) ahead of its job; it expires unless ``create`` adopts it."""
+        self.r.set(keys.chunk_audio(job_id, chunk.index), to_flac(chunk.samples), ex=PENDING_AUDIO_TTL_S)
+
+    def drop_chunk_audio(self, job_id: str, chunks: int) -> int:
+        """Delete the audio of chunks ``0..chunks-1`` unless the job exists; returns how many keys were dropped."""
+        if not chunks:
+            return 0
+        audio_keys = [keys.chunk_audio(job_id, i) for i in range(chunks)]
+        return int(self._drop_audio(keys=[keys.job(job_id), *audio_keys]))
+
+    def _queue_full(self) -> QueueFull:
+        return QueueFull(retry_after_s=max(5, round(self.q.stall_interval_s)))
 
     def get(self, job_id: str) -> dict[str, str] | None:
         raw: dict[bytes, bytes] = self.r.hgetall(keys.job(job_id))
@@ -195,7 +228,7 @@ class JobStore:
     def record_chunk(self, delivery: Delivery, result: dict[str, Any]) -> tuple[bool, int, int]:
         """(newly recorded, chunks done, chunks in all); acks the task in the same step."""
         task = delivery.task
-        event = {"index": task.index, **chunk_view(result)}
+        event = {"index": task.index, **(chunk_view(result) if result else {})}
         added, done, total = self._record(
             keys=[keys.job(task.job_id), keys.chunk_results(task.job_id), keys.chunk_audio(task.job_id, task.index),
                   keys.CHUNKS, keys.QUEUED_AUDIO_MS, keys.job_events(task.job_id)],
@@ -305,6 +338,38 @@ class JobStore:
             pipe.xack(keys.CHUNKS, keys.CHUNKS_GROUP, delivery.entry_id)
             pipe.execute()
 
+    def ack(self, delivery: Delivery) -> None:
+        """Acknowledge a task that has nothing to record (its job ended or expired)."""
+        self.r.xack(keys.CHUNKS, keys.CHUNKS_GROUP, delivery.entry_id)
+
+    def trim(self) -> int:
+        """Delete acknowledged tasks from the stream; returns how many went.
+
+        Everything older than the oldest task still pending or not yet delivered (in any group)
+        goes. The groups' last-delivered ids are read before their pending lists: a task delivered
+        in between is newer than the id read, and one acknowledged in between may go anyway.
+        """
+        try:
+            groups = self.r.xinfo_groups(keys.CHUNKS)
+        except redis.ResponseError as exc:
+            if "no such key" in str(exc):  # nothing was ever queued
+                return 0
+            raise
+        if not groups:
+            return 0  # without a group nobody knows what was delivered
+        with self.r.pipeline(transaction=False) as pipe:
+            for group in groups:
+                pipe.xpending(keys.CHUNKS, group["name"])
+            pending = pipe.execute()
+        keep = []
+        for group, summary in zip(groups, pending, strict=True):
+            ms, seq = _stream_id(group["last-delivered-id"])
+            keep.append((ms, seq + 1))  # the first entry this group has not been given
+            if summary["pending"]:
+                keep.append(_stream_id(summary["min"]))
+        ms, seq = min(keep)
+        return int(self.r.xtrim(keys.CHUNKS, minid=f"{ms}-{seq}", approximate=False))
+
     def move_due_retries(self) -> int:
         return int(self._move_due(keys=[keys.RETRIES, keys.CHUNKS], args=[now_ms()]))
 
@@ -323,6 +388,11 @@ class JobStore:
 
     def forget_node(self, node_id: str) -> None:
         self.r.delete(keys.node(node_id))
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def shifted_segments(chunk: dict[str, Any]) -> list[dict[str, Any]]:

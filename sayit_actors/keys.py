@@ -5,7 +5,7 @@ All keys start with ``sayit:``:
 | key | type | what | kept |
 |---|---|---|---|
 | ``sayit:stats:<YYYY-MM-DD>`` | hash | requests, successes, failures, processing, audio and chunk ms | 90 days |
-| ``sayit:chunks`` | stream | one entry per chunk task (job, index); consumer group ``workers`` | until acked |
+| ``sayit:chunks`` | stream | one entry per chunk task (job, index); group ``workers`` | until acked and trimmed |
 | ``sayit:chunks:dead`` | stream | tasks past the retry or stall limit, with the reason | ~10 000 newest |
 | ``sayit:chunks:retry`` | sorted set | tasks waiting out a retry backoff (score: due, ms) | until due |
 | ``sayit:queue:audio_ms`` | string | audio ms of chunks not yet transcribed (the budget) | always |

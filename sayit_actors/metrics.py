@@ -63,6 +63,9 @@ class Metrics:
         self.queue_depth = Gauge("sayit_queue_chunks", "Chunk tasks by state (cluster-wide)", ["state"], registry=r)
         self.queue_nodes = Gauge("sayit_queue_nodes", "Live queue nodes (cluster-wide)", registry=r)
         self.queue_node_slots = Gauge("sayit_queue_node_slots", "Slots of the live queue nodes", registry=r)
+        # Under noeviction a Redis at maxmemory refuses writes: uploads get 503 until memory is freed.
+        self.redis_memory_used = Gauge("sayit_redis_memory_used_bytes", "Memory Redis uses (used_memory)", registry=r)
+        self.redis_memory_max = Gauge("sayit_redis_memory_max_bytes", "Redis maxmemory; 0: no limit", registry=r)
 
     def set_slots(self, capacity: int, busy: int) -> None:
         self.slots.labels(self.node, self.role).set(capacity)
