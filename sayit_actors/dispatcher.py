@@ -3,28 +3,39 @@
 Short uploads (≤ ``sync_max_duration_s`` and ≤ ``sync_max_bytes``) are transcribed at once on
 a local slot; the SlotPool (``sayit_actors.slots``) leases that slot to the caller, so the
 Dispatcher's inbox never waits on a transcription. Long uploads, and short ones that find
-every slot busy (``Enqueue``), are decoded, cut into chunks of at most 30 s at quiet points
-(``sayit_actors.chunking``) and handed to the ResultActor, which stores the job and its tasks.
+every slot busy (``Enqueue``), are decoded as a stream and cut into chunks of at most 30 s at
+quiet points (``sayit_actors.chunking``); each chunk's audio goes to Redis as soon as it is
+cut, so memory does not grow with the recording, and the job and its tasks are created last,
+in one step. A recording longer than ``max_duration_s`` (by its header, or as it decodes) is
+refused, and so is one the queued-audio budget has no room for, before any audio is written;
+a job that fails midway leaves no chunk audio behind.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pykka
+import redis
 
 from config import LanguageProfile, Limits, QueueSettings, SilenceSettings
 from sayit_actors import audio, chunking
 from sayit_actors.audio import AudioInfo
+from sayit_actors.caller import Caller
+from sayit_actors.chunking import Span
 from sayit_actors.engine import TranscriptionOptions
-from sayit_actors.errors import InvalidLanguage
-from sayit_actors.result import CreateJob
+from sayit_actors.errors import AudioTooLong, InvalidLanguage
+from sayit_actors.jobstore import JobStore
+from sayit_actors.redis_server import client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor
+
+log = logging.getLogger(__name__)
 
 
 class Mode(enum.StrEnum):
@@ -51,6 +62,7 @@ class Dispatch:
     filename: str
     choices: Choices = Choices()
     callback_url: str | None = None  # told the result when the job ends (queued uploads)
+    caller: Caller = field(default_factory=Caller)  # a job is made only while its request waits for it
 
 
 @dataclass(frozen=True)
@@ -83,14 +95,25 @@ class Dispatcher(SupervisedActor):
         queue: QueueSettings,
         silence: SilenceSettings,
         profiles: Mapping[str, LanguageProfile],
-        result: Callable[[], pykka.ActorRef[Any]],
+        redis_url: str,
     ) -> None:
         super().__init__(supervisor, name)
         self._limits = limits
         self._queue = queue
         self._silence = silence
         self._profiles = profiles
-        self._result = result
+        self._redis_url = redis_url
+        self._redis: redis.Redis | None = None
+        self._jobs: JobStore | None = None
+
+    def on_start(self) -> None:
+        # Its own client: chunk audio is written here, not through the ResultActor's inbox.
+        self._redis = redis.Redis.from_url(self._redis_url, **client_options())
+        self._jobs = JobStore(self._redis, self._queue)
+
+    def on_stop(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -114,16 +137,35 @@ class Dispatcher(SupervisedActor):
         return options_for(profile, msg.choices, self._silence, queued=False)
 
     def _enqueue(self, msg: Dispatch, options: TranscriptionOptions) -> Plan:
-        job_id = uuid.uuid4().hex
-        with self.doing(f"splitting a {msg.info.duration_s:.0f} s upload into job {job_id}"):
-            samples = audio.decode(msg.path, msg.info.duration_s)
-            chunks = chunking.split(samples, self._queue.chunk_s)
-            duration_s = samples.shape[0] / audio.SAMPLE_RATE
-            create = CreateJob(
-                job_id, msg.language, duration_s, chunks, msg.filename, asdict(msg.choices), msg.callback_url
-            )
-            self._result().ask(create, timeout=60)
-        return Plan(Mode.ASYNC, options, JobTicket(job_id, len(chunks)))
+        header_s, max_s = msg.info.duration_s, self._limits.max_duration_s
+        if header_s > max_s:
+            raise AudioTooLong(f"the header says {header_s:.0f} s, the limit is {max_s:.0f} s")
+        assert self._jobs is not None, "Dispatcher used before on_start"
+        jobs, job_id = self._jobs, uuid.uuid4().hex
+        with self.doing(f"splitting a {header_s:.0f} s upload into job {job_id}"):
+            jobs.check_room(header_s)
+            spans: list[Span] = []
+            try:
+                blocks = audio.stream(msg.path, header_s, max_s)
+                for chunk in chunking.stream_split(blocks, self._queue.chunk_s):
+                    spans.append(chunk.span)
+                    jobs.put_chunk_audio(job_id, chunk)
+                duration_s = spans[-1].start_s + spans[-1].duration_s
+                choices = asdict(msg.choices)
+                msg.caller.commit(job_id)  # raises if the request is gone: no job behind its back
+                jobs.create(job_id, msg.language, duration_s, spans, msg.filename, choices, msg.callback_url)
+            except BaseException:
+                self._drop_audio(job_id, len(spans))
+                raise
+        return Plan(Mode.ASYNC, options, JobTicket(job_id, len(spans)))
+
+    def _drop_audio(self, job_id: str, chunks: int) -> None:
+        """Delete what a failed job wrote; if Redis is out of reach, the audio expires on its own."""
+        assert self._jobs is not None
+        try:
+            self._jobs.drop_chunk_audio(job_id, chunks)
+        except redis.RedisError as exc:
+            log.warning("chunk audio of job %s not deleted (%s): it expires in its pending TTL", job_id, exc)
 
 
 def options_for(

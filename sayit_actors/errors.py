@@ -72,6 +72,12 @@ class IdempotencyConflict(SayitError):
     message_ko = "이 Idempotency-Key는 아직 처리 중인 요청이 쓰고 있거나 다른 업로드에 사용되었습니다."
 
 
+class RequestTimeout(SayitError):
+    code, status = "REQUEST_TIMEOUT", 408
+    message_en = "The upload stalled: no data arrived for too long."
+    message_ko = "업로드가 멈췄습니다. 너무 오랫동안 데이터가 도착하지 않았습니다."
+
+
 class JobTimeout(SayitError):
     code, status = "JOB_TIMEOUT", 504
     message_en = "The job did not finish in time; it goes on and its result can still be fetched."
@@ -114,6 +120,14 @@ class FileTooLarge(SayitError):
     message_ko = "파일이 너무 큽니다."
 
 
+class AudioTooLong(SayitError):
+    """A few MB of FLAC or Opus can hold many hours: the decoded length is bounded, not only the bytes."""
+
+    code, status = "AUDIO_TOO_LONG", 413
+    message_en = "The recording is too long for this server: send it in shorter parts."
+    message_ko = "녹음이 너무 깁니다. 더 짧게 나누어 보내 주세요."
+
+
 class UndecodableAudio(SayitError):
     code, status = "UNDECODABLE_AUDIO", 422
     message_en = "The audio could not be decoded: the file is truncated or corrupt."
@@ -124,6 +138,14 @@ class ServerBusy(SayitError):
     code, status = "SERVER_BUSY", 503
     message_en = "Every transcription slot is busy and no queue worker is live: retry after Retry-After."
     message_ko = "모든 변환 슬롯이 사용 중이고 대기열 작업자가 없습니다. Retry-After 시간 후에 다시 시도해 주세요."
+
+
+class NodeBusy(SayitError):
+    """Refused before any work: the node already holds as many uploads or event streams as it takes."""
+
+    code, status = "SERVER_BUSY", 503
+    message_en = "This server is handling as many requests of this kind as it can: retry after Retry-After."
+    message_ko = "서버가 처리할 수 있는 만큼의 요청을 이미 처리하고 있습니다. Retry-After 시간 후에 다시 시도해 주세요."
 
 
 class QueueFull(SayitError):

@@ -1,7 +1,9 @@
 """The ResultActor: every write of job state, chunk results, final results and stats.
 
-A write that meets a Redis outage is retried with backoff (the actor re-sends itself the
-message after a delay), so a chunk that was transcribed is not lost when Redis restarts.
+A write that meets any Redis error (a restart, OOM at maxmemory, READONLY, a timeout) is
+retried with backoff (the actor re-sends itself the message after a delay), so a chunk that was
+transcribed is not lost when Redis restarts or refuses writes for a while; stats are best effort.
+A read asked for while Redis fails is answered with ServiceUnavailable (a 503 on the edge).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 import pykka
 import redis
@@ -18,14 +22,15 @@ import redis
 from config import ApiSettings, QueueSettings
 from sayit_actors import keys
 from sayit_actors.callbacks import CallbackSender
-from sayit_actors.chunking import Chunk
+from sayit_actors.errors import ServiceUnavailable
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
-from sayit_actors.redis_server import client_options
+from sayit_actors.redis_server import Outage, client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
 
 log = logging.getLogger(__name__)
 MAX_WRITE_RETRY_DELAY_S = 10.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,17 +43,6 @@ class RecordRequest(Told):
 @dataclass(frozen=True)
 class GetStats:
     day: dt.date | None = None
-
-
-@dataclass(frozen=True)
-class CreateJob:
-    job_id: str
-    language: str
-    duration_s: float
-    chunks: list[Chunk]
-    filename: str
-    choices: dict[str, Any]
-    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,11 @@ class ResultActor(SupervisedActor):
         self._queue = queue
         self._redis: redis.Redis | None = None
         self._store: JobStore | None = None
-        self._callbacks = CallbackSender(api) if api is not None and api.callback_hosts else None
+        self._callbacks: CallbackSender | None = None
+        if api is not None and api.callback_hosts:
+            dropped = metrics.messages_dropped.labels(name, "callback_queue_full")
+            self._callbacks = CallbackSender(api, on_drop=dropped.inc)
+        self._outage = Outage(f"result actor {name}")
 
     def on_start(self) -> None:
         self._redis = redis.Redis.from_url(self._redis_url, **client_options())
@@ -142,16 +140,24 @@ class ResultActor(SupervisedActor):
         if self._callbacks is not None:
             self._callbacks.close()
 
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._callbacks is not None:  # its sender threads end with the actor that the restart replaces
+            self._callbacks.close()
+        super().on_failure(exception_type, exception_value, traceback)
+
     def handle(self, message: Any) -> Any:
         match message:
             case RecordRequest():
                 return self._record_request(message)
             case GetStats(day):
-                return self._stats(day or today())
-            case CreateJob(job_id, language, duration_s, chunks, filename, choices, callback_url):
-                return self.store.create(job_id, language, duration_s, chunks, filename, choices, callback_url)
+                return self._answer(lambda: self._stats(day or today()))
             case GetJob(job_id):
-                return self._get_job(job_id)
+                return self._answer(lambda: self._get_job(job_id))
             case RecordChunk() | ChunkFailure():
                 return self._with_retry(message)
         raise TypeError(f"unexpected message {message!r}")
@@ -160,6 +166,16 @@ class ResultActor(SupervisedActor):
     def store(self) -> JobStore:
         assert self._store is not None, "ResultActor used before on_start"
         return self._store
+
+    def _answer(self, read: Callable[[], T]) -> T:
+        """An asked read: a Redis error goes back to the caller as ServiceUnavailable."""
+        try:
+            answer = read()
+        except redis.RedisError as exc:
+            self._outage.failed(exc)
+            raise ServiceUnavailable("Redis is unavailable") from exc
+        self._outage.ok()
+        return answer
 
     def _with_retry(self, msg: RecordChunk | ChunkFailure) -> None:
         try:
@@ -172,23 +188,40 @@ class ResultActor(SupervisedActor):
             elif self.store.retry_or_fail(msg.delivery, msg.reason) == "failed":
                 self._job_ended(job_id, "failed")
         except redis.RedisError as exc:
+            self._outage.failed(exc)
             delay = min(MAX_WRITE_RETRY_DELAY_S, 0.5 * 2**msg.tries)
-            log.warning("Redis write for job %s failed (%s): retrying in %.1f s", msg.delivery.task.job_id, exc, delay)
+            log.debug("Redis write for job %s failed (%s): retrying in %.1f s", msg.delivery.task.job_id, exc, delay)
             retry = type(msg)(**{**msg.__dict__, "tries": msg.tries + 1})
             timer = threading.Timer(delay, _tell_quietly, [self.actor_ref, retry])
             timer.daemon = True
             timer.start()
+            return
+        self._outage.ok()
 
     def _record_chunk(self, msg: RecordChunk) -> None:
+        if not msg.result:  # nothing to record: only the task's acknowledgement
+            self.store.ack(msg.delivery)
+            return
         added, done, total = self.store.record_chunk(msg.delivery, msg.result)
+        job_id = msg.delivery.task.job_id
         if added and "engine_s" in msg.result:
-            self.store.record_speed(today(), msg.result["duration_s"], msg.result["engine_s"])
-        if added and done == total:
-            job_id = msg.delivery.task.job_id
+            self._record_speed(msg.result["duration_s"], msg.result["engine_s"])
+        # A retry may follow a try that recorded the chunk but failed before the merge.
+        if done == total > 0 and (added or (msg.tries > 0 and self._unmerged(job_id))):
             with self.doing(f"merging job {job_id}"):
                 result = self.store.finish(job_id)
             if result is not None:
                 self._job_ended(job_id, "completed", result)
+
+    def _unmerged(self, job_id: str) -> bool:
+        return (self.store.get(job_id) or {}).get("status") == "processing"
+
+    def _record_speed(self, audio_s: float, engine_s: float) -> None:
+        """Best effort, as all stats: a chunk's result must not wait on them."""
+        try:
+            self.store.record_speed(today(), audio_s, engine_s)
+        except redis.RedisError as exc:
+            self._outage.failed(exc)
 
     def _job_ended(self, job_id: str, outcome: str, result: dict[str, Any] | None = None) -> None:
         """Count the job once, and tell its callback URL (if any) the outcome."""
@@ -233,7 +266,9 @@ class ResultActor(SupervisedActor):
                 pipe.execute()
         except redis.RedisError as exc:
             # Stats are best effort: a request must not fail because Redis blinked.
-            log.warning("could not record request stats: %s", exc)
+            self._outage.failed(exc)
+            return
+        self._outage.ok()
 
     def _stats(self, day: dt.date) -> DailyStats:
         assert self._redis is not None

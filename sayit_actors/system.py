@@ -72,7 +72,7 @@ class ActorSystem:
                         queue=queue,
                         silence=settings.silence,
                         profiles=settings.profiles,
-                        result=lambda: self.directory.get(RESULT),
+                        redis_url=redis_url,
                     ),
                 ),
             ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,8 +23,9 @@ import pykka
 
 from config import SilenceSettings
 from sayit_actors import audio
+from sayit_actors.caller import Caller
 from sayit_actors.chunking import from_flac
-from sayit_actors.engine import Engine, Segment, Transcript, TranscriptionOptions
+from sayit_actors.engine import DETECT_S, Engine, Segment, Transcript, TranscriptionOptions
 from sayit_actors.errors import EngineFailure
 from sayit_actors.jobstore import Delivery
 from sayit_actors.result import RecordChunk
@@ -40,12 +41,14 @@ class Transcribe:
     path: Path
     expected_duration_s: float
     options: TranscriptionOptions
+    caller: Caller = field(default_factory=Caller)  # gone: dropped before the engine starts
 
 
 @dataclass(frozen=True)
 class DetectLanguage:
     path: Path
     expected_duration_s: float
+    caller: Caller = field(default_factory=Caller)
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,15 @@ class WhisperActor(SupervisedActor):
         match message:
             case Transcribe():
                 with self.doing(f"transcribing a {message.expected_duration_s:.0f} s upload"):
-                    samples = audio.decode(message.path, message.expected_duration_s)
+                    expected_s = message.expected_duration_s
+                    samples = audio.decode(message.path, expected_s, max_s=audio.short_bound_s(expected_s))
+                    message.caller.check()  # its request is gone (hung up, timed out): no engine call
                     return self._run(samples, message.options)
             case DetectLanguage():
                 with self.doing("detecting a language"):
-                    samples = audio.decode(message.path, message.expected_duration_s)
-                    return self._engine_call(self._engine.detect_language, samples)  # it hears the first 30 s
+                    samples = audio.window(message.path, DETECT_S, message.expected_duration_s)
+                    message.caller.check()
+                    return self._engine_call(self._engine.detect_language, samples)
             case TranscribeChunk():
                 task = message.delivery.task
                 with self.doing(f"transcribing chunk {task.index} of job {task.job_id}"):
