@@ -4,6 +4,10 @@ Every change of a job is an entry of its Redis stream (``keys.job_events``), wri
 atomic step as the change itself, so the events are the job's history, not a sample of it. An
 event's id is its stream entry id: a client that reconnects with ``Last-Event-ID`` reads on from
 there and misses nothing. The last event is ``completed`` (with the whole result) or ``failed``.
+
+Each open stream holds a Redis connection in a blocking read, so a node keeps at most
+``SAYIT_MAX_EVENT_STREAMS`` open (503 with Retry-After beyond), and a stream whose client hangs
+up is cancelled at once (``http_edge.server``), which gives its place and its connection back.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from http_edge.keys import CLOSING, REDIS
+from http_edge.keys import ADMISSION, CLOSING, REDIS
 from http_edge.transcribe import job_data, job_id_of
 from sayit_actors import errors, keys
 
@@ -38,6 +42,10 @@ async def read_events(client: aioredis.Redis, job_id: str, after: str) -> AsyncI
     ended = ""
     while True:
         reply: Any = await client.xread({key: after}, count=100, block=block)
+        if (task := asyncio.current_task()) is not None and task.cancelling():
+            # Cancelled as the command was sent: redis-py sends under Python 3.11's wait_for, which
+            # then returns instead of raising, and the read above waited out its block.
+            raise asyncio.CancelledError
         entries = [entry for _, stream in reply or [] for entry in stream]
         for raw_id, raw in entries:
             after = raw_id.decode()
@@ -89,6 +97,11 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     after = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or "0-0"
     if not _ENTRY_ID.match(after):
         raise errors.InvalidRequest("Last-Event-ID must be an id this stream sent", param="Last-Event-ID")
+    with request.app[ADMISSION].streams.entered():
+        return await _stream(request, job_id, after)
+
+
+async def _stream(request: web.Request, job_id: str, after: str) -> web.StreamResponse:
     client = request.app[REDIS]
     if await job_status(client, job_id) is None:
         raise errors.JobNotFound()
@@ -117,7 +130,8 @@ async def wait_for_job(request: web.Request, job_id: str, timeout_s: float) -> d
             pass  # the events end with the job
 
     try:
-        await asyncio.wait_for(until_final(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await until_final()
     except TimeoutError:
         raise errors.JobTimeout(f"job {job_id}: follow it at /api/transcribe/{job_id}") from None
     data = await job_data(request, job_id)

@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from config import Settings
+from http_edge.admission import Admission
 from http_edge.bridge import ActorBridge
 from sayit_actors.metrics import Metrics
 from sayit_actors.system import ActorSystem
@@ -19,5 +20,6 @@ REDIS_URL = web.AppKey("redis_url", str)
 ACTORS = web.AppKey("actors", ActorSystem)
 BRIDGE = web.AppKey("bridge", ActorBridge)
 STARTED_AT = web.AppKey("started_at", float)
+ADMISSION = web.AppKey("admission", Admission)  # the gates of uploads and event streams
 CLOSING = web.AppKey("closing", asyncio.Event)  # set on shutdown: long-lived responses (event streams) end
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -8,6 +8,7 @@ job carries on. Errors take OpenAI's shape (``middlewares.error_response``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -16,8 +17,9 @@ from aiohttp import web
 from http_edge import repeats
 from http_edge.events import wait_for_job
 from http_edge.keys import ACTORS, SETTINGS, STARTED_AT
-from http_edge.transcribe import Form, process, read_form, refused_uncounted, sync_data
+from http_edge.transcribe import Form, process, read_form, refused_uncounted, sync_data, upload_route
 from sayit_actors import errors, formats
+from sayit_actors.caller import Caller
 from sayit_actors.dispatcher import Choices
 from sayit_actors.engine import Segment
 
@@ -82,10 +84,12 @@ def _choices(request: web.Request, form: Form, task: str) -> tuple[str, str, boo
     return language, fmt, words, Choices(word_timestamps=words, prompt=prompt, task=task, temperature=temperature)
 
 
+@upload_route
 async def transcriptions(request: web.Request) -> web.Response:
     return await _audio(request, "transcribe", TRANSCRIPTION_FIELDS)
 
 
+@upload_route
 async def translations(request: web.Request) -> web.Response:
     return await _audio(request, "translate", TRANSLATION_FIELDS)
 
@@ -97,15 +101,17 @@ async def _audio(request: web.Request, task: str, declared: frozenset[str]) -> w
         # The SDKs retry a request that timed out: with an Idempotency-Key that never makes a second job.
         replay = await repeats.begin(request, form.file, language, choices, route=request.path, format=fmt)
 
+    caller = Caller()
+
     async def respond() -> web.Response:
-        data, details = await _transcript(request, form, language, choices, replay)
+        data, details = await _transcript(request, form, language, choices, replay, caller)
         return _render(fmt, task, words, data, details)
 
-    return await repeats.once(replay, form.file, respond)
+    return await repeats.once(replay, form.file, caller, respond)
 
 
 async def _transcript(
-    request: web.Request, form: Form, language: str, choices: Choices, replay: repeats.Replay
+    request: web.Request, form: Form, language: str, choices: Choices, replay: repeats.Replay, caller: Caller
 ) -> tuple[dict[str, Any], tuple[Segment, ...] | None]:
     """The result in the native API's shape, from the cache, a queued job or a slot; and the
     engine's own segments when a slot made it now (their decoding figures go into verbose_json)."""
@@ -115,12 +121,13 @@ async def _transcript(
         form.file.discard()
         return hit.data, None
     if hit is not None and hit.job_id is not None:
-        data = await wait_for_job(request, hit.job_id, wait_s)
-        if data["status"] == "completed":
-            form.file.discard()
-            return data, None
+        with contextlib.suppress(errors.JobNotFound):  # gone: made again below
+            data = await wait_for_job(request, hit.job_id, wait_s)
+            if data["status"] == "completed":
+                form.file.discard()
+                return data, None
         await replay.forget()
-    outcome = await process(request, form, language, choices)
+    outcome = await process(request, form, language, choices, caller)
     if outcome.plan.job is not None:
         await replay.remember_job(outcome.plan.job.job_id)
         data = await wait_for_job(request, outcome.plan.job.job_id, wait_s)

@@ -3,12 +3,15 @@ the same audio with the same options answers the stored result instead of transc
 
 A retry after a dropped connection must never create a second job, so the first request claims
 its key in Redis before any work (``SET NX``), and stores its response when it has one. A claim
-that is never completed (the node died) expires after ``PENDING_TTL_S``; a request that fails
-gives its key back so that the client can retry it.
+that is never completed (the node died) expires after ``PENDING_TTL_S``. A request that fails
+gives its key back so that the client can retry it, unless a job was made for it (its client
+hung up, or an error came after the job): then the key keeps the job, and a retry is answered
+from that job as from the result cache (``cached``), instead of making a second one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -21,6 +24,7 @@ from aiohttp import web
 
 from http_edge.keys import ACTORS, REDIS, SETTINGS
 from sayit_actors import errors, keys
+from sayit_actors.caller import Caller
 from sayit_actors.dispatcher import Choices
 
 HEADER = "Idempotency-Key"
@@ -55,6 +59,7 @@ class Replay:
         self._idem_key = idem_key
         self._fingerprint = fingerprint
         self._ttl_s = ttl_s
+        self._job_id: str | None = None  # the job this key's first request made
         self.response: web.Response | None = None
 
     async def claim(self) -> None:
@@ -73,24 +78,29 @@ class Replay:
             raise errors.IdempotencyConflict("this key was used for a different upload or options")
         if stored["state"] == "pending":
             raise errors.IdempotencyConflict("a request with this key is still running", retry_after_s=5)
+        if stored["state"] == "job":
+            self._job_id = stored["jobId"]
+            return
         response = web.Response(status=stored["status"], text=stored["body"], content_type=stored["contentType"])
         response.headers[REPLAYED_HEADER] = "true"
         self.response = response
 
-    async def keep(self, response: web.Response) -> None:
-        """Store the first response for the key's lifetime; an error response frees the key."""
+    async def keep(self, response: web.Response | None, job_id: str | None) -> None:
+        """Store the first response for the key's lifetime. Without one (the request failed, or
+        was cancelled), the key keeps ``job_id``, the job made for the request; with no job either,
+        it is freed."""
         if self._idem_key is None:
             return
-        if response.status >= 400 or not isinstance(response.body, bytes):
+        stored: dict[str, Any] = {"fingerprint": self._fingerprint}
+        job_id = job_id or self._job_id  # a retry that only followed the key's job leaves it there
+        if response is not None and response.status < 400 and isinstance(response.body, bytes):
+            body, kind = response.body.decode(), response.content_type
+            stored.update(state="done", status=response.status, body=body, contentType=kind)
+        elif job_id is not None:
+            stored.update(state="job", jobId=job_id)
+        else:
             await self.abandon()
             return
-        stored = {
-            "state": "done",
-            "fingerprint": self._fingerprint,
-            "status": response.status,
-            "body": response.body.decode(),
-            "contentType": response.content_type,
-        }
         await self._redis.set(self._idem_key, json.dumps(stored, ensure_ascii=False), ex=self._ttl_s)
 
     async def abandon(self) -> None:
@@ -98,6 +108,9 @@ class Replay:
             await self._redis.delete(self._idem_key)
 
     async def cached(self) -> CacheHit | None:
+        """The job this key made before, else the result cache's entry for the same audio and options."""
+        if self._job_id is not None:
+            return CacheHit(job_id=self._job_id)
         if self._cache_key is None:
             return None
         raw = await self._redis.get(self._cache_key)
@@ -107,8 +120,10 @@ class Replay:
         return CacheHit(data=stored.get("data"), job_id=stored.get("jobId"))
 
     async def forget(self) -> None:
-        """Drop a cache entry that points at a job gone or failed."""
-        if self._cache_key is not None:
+        """Drop what ``cached`` found, a job gone or failed: the request makes a new one."""
+        if self._job_id is not None:
+            self._job_id = None
+        elif self._cache_key is not None:
             await self._redis.delete(self._cache_key)
 
     async def remember_result(self, data: dict[str, Any]) -> None:
@@ -120,17 +135,24 @@ class Replay:
             await self._redis.set(self._cache_key, json.dumps({"jobId": job_id}), ex=self._ttl_s)
 
 
-async def once(replay: Replay, upload: Upload, respond: Callable[[], Awaitable[web.Response]]) -> web.Response:
-    """The stored response for a repeated key, or ``respond()``'s, kept for the key (an error frees it)."""
+async def once(
+    replay: Replay, upload: Upload, caller: Caller, respond: Callable[[], Awaitable[web.Response]]
+) -> web.Response:
+    """The stored response for a repeated key, or ``respond()``'s, kept for the key.
+
+    A failure frees the key unless a job was made for ``caller``; the upload is dropped with it.
+    """
     if replay.response is not None:
         upload.discard()
         return replay.response
     try:
         response = await respond()
     except BaseException:
-        await replay.abandon()
+        upload.discard()  # a request cancelled before its upload reached the UploadActor
+        # shield: a cancelled request's key is still settled (a second cancellation would leave it pending)
+        await asyncio.shield(replay.keep(None, caller.job_id))
         raise
-    await replay.keep(response)
+    await asyncio.shield(replay.keep(response, caller.job_id))
     return response
 
 

@@ -3,17 +3,24 @@
 Upload → DurationProbe → Dispatcher → a leased WhisperActor slot → reply, or → a queued job
 (202) for long uploads and when every slot is busy. The upload file is released (deleted)
 whatever happens, and every request is counted in Redis by the ResultActor.
+
+A node takes at most ``SAYIT_MAX_UPLOADS_IN_FLIGHT`` uploads at once (``upload_route``), and an
+upload whose client goes quiet for ``SAYIT_UPLOAD_IDLE_TIMEOUT_S`` gets 408. A request whose
+client hangs up is cancelled (``http_edge.server``); its ``Caller`` leaves, so the actors drop
+work for it not yet begun and make no job for it, and everything it holds is given back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 import redis.asyncio as aioredis
@@ -22,10 +29,11 @@ from aiohttp import BodyPartReader, web
 from config import Settings
 from http_edge import repeats
 from http_edge.cluster import live_nodes
-from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, SETTINGS
+from http_edge.keys import ACTORS, ADMISSION, BRIDGE, METRICS, REDIS, SETTINGS
 from sayit_actors import errors, formats, keys, system
 from sayit_actors.audio import AudioInfo
 from sayit_actors.callbacks import check_url
+from sayit_actors.caller import Caller
 from sayit_actors.dispatcher import Choices, Dispatch, Enqueue, JobTicket, Mode, Plan
 from sayit_actors.engine import DETECT_S, LanguageGuess, Segment
 from sayit_actors.probe import Probe
@@ -34,13 +42,15 @@ from sayit_actors.upload import Accept, IncomingFile, Release, Upload, display_n
 from sayit_actors.whisper import DetectLanguage, Transcribe, Transcribed
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 CHUNK_BYTES = 256 * 1024
+FIELD_CHUNK_BYTES = 4096  # what a text field is read by: never more than MAX_FIELD_BYTES + this is held
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 4096  # a prompt of a few hundred words
 MAX_FIELDS = 32
 LANGUAGES = ("ko", "en", "auto")
 NATIVE_FIELDS = frozenset({"language", "format", "wordTimestamps", "prompt", "callbackUrl"})
-QUEUE_TIMEOUT_S = 120.0  # decoding and splitting a 100 MB upload
 REAL_TIME_FACTOR = 0.1  # engine seconds per audio second before any is measured (base, int8, one CPU slot)
 MIN_MEASURED_AUDIO_MS = 30_000
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -75,9 +85,34 @@ class Form:
         return value in ("true", "1")
 
 
+def upload_route(handler: Handler) -> Handler:
+    """A route that takes an upload: one of at most SAYIT_MAX_UPLOADS_IN_FLIGHT on the node, from
+    its first byte read to its answer; past that, refused (503) before its body is read."""
+
+    @functools.wraps(handler)
+    async def admitted(request: web.Request) -> web.Response:
+        with request.app[ADMISSION].uploads.entered():
+            return await handler(request)
+
+    return admitted
+
+
+async def _within(idle_s: float, read: Awaitable[T]) -> T:
+    """One read of a request body: the client's next bytes, or 408 after ``idle_s`` without any."""
+    try:
+        async with asyncio.timeout(idle_s):
+            return await read
+    except TimeoutError:
+        raise errors.RequestTimeout(f"nothing came for {idle_s:g} s") from None
+
+
 async def read_form(request: web.Request, settings: Settings, declared: frozenset[str]) -> Form:
-    """Stream the ``file`` part to disk (stopped at the size limit) and read the text fields."""
-    limit = settings.limits.max_upload_bytes
+    """Stream the one ``file`` part to disk (stopped at the size limit) and read the text fields.
+
+    Each read waits at most SAYIT_UPLOAD_IDLE_TIMEOUT_S; a text field is refused as soon as it
+    passes MAX_FIELD_BYTES. On any failure, a client's hang-up included, the file is deleted.
+    """
+    limit, idle_s = settings.limits.max_upload_bytes, settings.limits.upload_idle_timeout_s
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD_BYTES:
         raise errors.FileTooLarge(f"limit {limit // (1024 * 1024)} MB")
     if not request.content_type.startswith("multipart/"):
@@ -87,22 +122,21 @@ async def read_form(request: web.Request, settings: Settings, declared: frozense
     filename, mime = "", ""
     values: dict[str, list[str]] = {}
     try:
-        while (part := await reader.next()) is not None:
+        while (part := await _within(idle_s, reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 continue
-            if part.name == "file" and incoming is None:
+            if part.name == "file":
+                if incoming is not None:
+                    raise errors.InvalidRequest("one file per request", param="file")
                 filename, mime = part.filename or "", part.headers.get("Content-Type", "")
                 incoming = IncomingFile(settings.upload_dir, limit)
-                while chunk := await part.read_chunk(CHUNK_BYTES):
+                while chunk := await _within(idle_s, part.read_chunk(CHUNK_BYTES)):
                     incoming.write(chunk)
                 incoming.close()
             elif part.name:
-                raw = await part.read(decode=True)
-                if len(raw) > MAX_FIELD_BYTES:
-                    raise errors.InvalidRequest(f"the field {part.name[:40]!r} is longer than {MAX_FIELD_BYTES} bytes")
                 if sum(map(len, values.values())) >= MAX_FIELDS:
                     raise errors.InvalidRequest(f"more than {MAX_FIELDS} form fields")
-                values.setdefault(part.name, []).append(raw.decode("utf-8", errors="replace"))
+                values.setdefault(part.name, []).append(await _field(part, part.name, idle_s))
     except BaseException:
         if incoming is not None:
             incoming.discard()
@@ -110,6 +144,20 @@ async def read_form(request: web.Request, settings: Settings, declared: frozense
     if incoming is None:
         raise errors.FileRequired()
     return Form(incoming, filename, mime, values, declared)
+
+
+async def _field(part: BodyPartReader, name: str, idle_s: float) -> str:
+    """A text field's value, read in small chunks and refused once it passes MAX_FIELD_BYTES."""
+    too_long = errors.InvalidRequest(f"the field {name[:40]!r} is longer than {MAX_FIELD_BYTES} bytes", param=name[:40])
+    raw = bytearray()
+    while chunk := await _within(idle_s, part.read_chunk(FIELD_CHUNK_BYTES)):
+        raw += chunk
+        if len(raw) > MAX_FIELD_BYTES:
+            raise too_long
+    value = bytes(part.decode(raw))  # Content-Transfer-Encoding or Content-Encoding, if the client used one
+    if len(value) > MAX_FIELD_BYTES:
+        raise too_long
+    return value.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -133,13 +181,14 @@ class Accepted:
 async def accepted(request: web.Request, form: Form) -> AsyncIterator[Accepted]:
     """The upload handed to the UploadActor and probed; released (deleted) on leaving, whatever happens."""
     actors, bridge = request.app[ACTORS], request.app[BRIDGE]
+    accept = Accept(form.file.path, form.filename, form.mime, form.file.size_bytes, form.file.sha256)
+    asking = asyncio.ensure_future(bridge.ask(lambda: actors.ref(system.UPLOAD), accept))
     try:
-        upload: Upload = await bridge.ask(
-            lambda: actors.ref(system.UPLOAD),
-            Accept(form.file.path, form.filename, form.mime, form.file.size_bytes, form.file.sha256),
-        )
+        upload: Upload = await asyncio.shield(asking)
     except BaseException:
         form.file.discard()  # the UploadActor deletes it too, unless it never got the message
+        # A request cancelled meanwhile: the upload the actor accepts after all is released then.
+        asking.add_done_callback(lambda done: _release_accepted(actors, done))
         raise
     try:
         info: AudioInfo = await bridge.ask(lambda: actors.ref(system.PROBE), Probe(upload.path, upload.format))
@@ -148,11 +197,25 @@ async def accepted(request: web.Request, form: Form) -> AsyncIterator[Accepted]:
         tell(actors, system.UPLOAD, Release(upload.id))
 
 
+def _release_accepted(actors: system.ActorSystem, asking: asyncio.Future[Upload]) -> None:
+    if not asking.cancelled() and asking.exception() is None:
+        tell(actors, system.UPLOAD, Release(asking.result().id))
+
+
 async def process(
-    request: web.Request, form: Form, language: str, choices: Choices, callback_url: str | None = None
+    request: web.Request,
+    form: Form,
+    language: str,
+    choices: Choices,
+    caller: Caller,
+    callback_url: str | None = None,
 ) -> Outcome:
-    """Walk an upload through the actors; the upload file is released whatever happens."""
+    """Walk an upload through the actors; the upload file is released whatever happens.
+
+    ``caller`` is the request: a job is made only while it waits, and then it holds the job's id.
+    """
     settings, actors, bridge = request.app[SETTINGS], request.app[ACTORS], request.app[BRIDGE]
+    dispatch_s = settings.limits.dispatch_timeout_s
     started = time.perf_counter()
     success, audio_s = False, 0.0
     done: Transcribed | None = None
@@ -160,25 +223,27 @@ async def process(
         async with accepted(request, form) as got:
             upload, info = got.upload, got.info
             audio_s = info.duration_s
-            dispatch = Dispatch(upload.path, upload.size_bytes, info, language, upload.filename, choices, callback_url)
-            plan: Plan = await bridge.ask(lambda: actors.ref(system.DISPATCHER), dispatch, timeout_s=QUEUE_TIMEOUT_S)
+            dispatch = Dispatch(
+                upload.path, upload.size_bytes, info, language, upload.filename, choices, callback_url, caller
+            )
+            dispatcher = functools.partial(actors.ref, system.DISPATCHER)
+            plan: Plan = await bridge.ask(dispatcher, dispatch, timeout_s=dispatch_s, caller=caller)
             if plan.mode is Mode.SYNC:
                 # Every slot busy: a queue that has workers takes the upload at once (202);
                 # without one, wait a bounded time for a slot, then 503.
                 queued = await _queue_has_workers(request)
                 slot = await bridge.lease(actors.slots, 0.0 if queued else settings.limits.slot_wait_s)
                 if slot is None and queued:
-                    plan = await bridge.ask(
-                        lambda: actors.ref(system.DISPATCHER), Enqueue(dispatch), timeout_s=QUEUE_TIMEOUT_S
-                    )
+                    plan = await bridge.ask(dispatcher, Enqueue(dispatch), timeout_s=dispatch_s, caller=caller)
                 elif slot is None:
                     raise errors.ServerBusy(retry_after_s=settings.limits.retry_after_s)
                 else:
                     done = await bridge.ask(
                         lambda: actors.ref(slot),
-                        Transcribe(upload.path, info.duration_s, plan.options),
+                        Transcribe(upload.path, info.duration_s, plan.options, caller),
                         timeout_s=settings.limits.transcribe_timeout_s,
-                        then=lambda: actors.slots.release(slot),
+                        then=lambda: actors.slots.release(slot),  # once the engine call is over, not at the timeout
+                        caller=caller,
                     )
                     _observe(request, plan, done, info)
         success = True
@@ -248,6 +313,7 @@ def sync_data(outcome: Outcome, choices: Choices) -> dict[str, Any]:
     }
 
 
+@upload_route
 async def transcribe(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     form = await read_form(request, settings, NATIVE_FIELDS)
@@ -257,9 +323,9 @@ async def transcribe(request: web.Request) -> web.Response:
         if callback_url is not None:
             check_url(callback_url, settings.api)
         replay = await repeats.begin(request, form.file, language, choices, format=fmt, callback=callback_url)
-    return await repeats.once(
-        replay, form.file, lambda: _transcribe(request, form, language, fmt, choices, callback_url, replay)
-    )
+    caller = Caller()
+    respond = functools.partial(_transcribe, request, form, language, fmt, choices, callback_url, replay, caller)
+    return await repeats.once(replay, form.file, caller, respond)
 
 
 async def _transcribe(
@@ -270,6 +336,7 @@ async def _transcribe(
     choices: Choices,
     callback_url: str | None,
     replay: repeats.Replay,
+    caller: Caller,
 ) -> web.Response:
     hit = await replay.cached()
     if hit is not None and (answer := await _from_cache(request, hit, fmt, display_name(form.filename))) is not None:
@@ -278,7 +345,7 @@ async def _transcribe(
         return answer
     if hit is not None:
         await replay.forget()
-    outcome = await process(request, form, language, choices, callback_url)
+    outcome = await process(request, form, language, choices, caller, callback_url)
     if outcome.plan.job is not None:
         await replay.remember_job(outcome.plan.job.job_id)
         body = await accepted_body(request, outcome.plan.job, outcome.info.duration_s)
@@ -393,6 +460,7 @@ async def job_status(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "data": data})
 
 
+@upload_route
 async def detect_language(request: web.Request) -> web.Response:
     """The language of an upload's first 30 s, on a slot (it runs the encoder like a transcription)."""
     settings, actors, bridge = request.app[SETTINGS], request.app[ACTORS], request.app[BRIDGE]
@@ -405,11 +473,13 @@ async def detect_language(request: web.Request) -> web.Response:
             slot = await bridge.lease(actors.slots, settings.limits.slot_wait_s)
             if slot is None:
                 raise errors.ServerBusy(retry_after_s=settings.limits.retry_after_s)
+            caller = Caller()
             guess: LanguageGuess = await bridge.ask(
                 lambda: actors.ref(slot),
-                DetectLanguage(got.upload.path, got.info.duration_s),
+                DetectLanguage(got.upload.path, got.info.duration_s, caller),
                 timeout_s=settings.limits.transcribe_timeout_s,
                 then=lambda: actors.slots.release(slot),
+                caller=caller,
             )
         success = True
     finally:

@@ -23,6 +23,9 @@ ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs rid=%{X-Request-Id}o'
 
 def _serve(args: argparse.Namespace) -> int:
     from http_edge import create_app
+    from http_edge.server import quiet_protocol_errors, server_options
+
+    quiet_protocol_errors()
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = load_settings(**overrides)
@@ -33,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         access_log_format=ACCESS_LOG_FORMAT,
         print=lambda msg: logging.getLogger("sayit").info(msg.strip()),
+        **server_options(),
     )
     return 0
 

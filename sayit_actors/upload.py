@@ -1,14 +1,18 @@
 """Uploads on disk: the edge streams into ``incoming/``, the UploadActor names and owns the result.
 
 A client's filename is kept for display only and never becomes part of a path. Files are
-deleted when their request ends; files left by a crash are swept when the actor starts.
+deleted when their request ends. Files no request holds that nobody wrote to for
+``ORPHAN_AGE_S`` (left by a crash, or by a request that died before its cleanup) are swept when
+the actor starts and every ``SWEEP_EVERY_S`` after, on a tick the actor has a timer send it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
 import unicodedata
 import urllib.parse
@@ -26,6 +30,8 @@ from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
 
 log = logging.getLogger(__name__)
 INCOMING = "incoming"
+SWEEP_EVERY_S = 300.0
+ORPHAN_AGE_S = 3600.0  # a file being written is touched at each chunk, and an upload gone quiet ends far sooner
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,12 @@ class Release(Told):
 
 @dataclass(frozen=True)
 class Sweep:
-    older_than_s: float = 3600.0
+    older_than_s: float = ORPHAN_AGE_S
+
+
+@dataclass(frozen=True)
+class _SweepTick(Told):
+    """The periodic sweep, sent by the actor's timer."""
 
 
 def display_name(filename: str | None) -> str:
@@ -111,16 +122,23 @@ class IncomingFile:
 
 
 class UploadActor(SupervisedActor):
-    def __init__(self, supervisor: pykka.ActorRef[Supervisor], name: str, upload_dir: Path) -> None:
+    def __init__(
+        self, supervisor: pykka.ActorRef[Supervisor], name: str, upload_dir: Path, sweep_every_s: float = SWEEP_EVERY_S
+    ) -> None:
         super().__init__(supervisor, name)
         self.upload_dir = upload_dir
         self._live: dict[str, Path] = {}
+        self._sweep_every_s = sweep_every_s
+        self._timer: threading.Timer | None = None
 
     def on_start(self) -> None:
         (self.upload_dir / INCOMING).mkdir(parents=True, exist_ok=True)
-        self._sweep(older_than_s=3600.0)
+        self._sweep(ORPHAN_AGE_S)
+        self._schedule_sweep()
 
     def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         # Requests still holding an upload end with the node: their files go with them.
         for path in self._live.values():
             path.unlink(missing_ok=True)
@@ -137,7 +155,16 @@ class UploadActor(SupervisedActor):
                 return None
             case Sweep(older_than_s):
                 return self._sweep(older_than_s)
+            case _SweepTick():
+                self._schedule_sweep()  # first: a sweep that fails does not end the sweeping
+                self._sweep(ORPHAN_AGE_S)
+                return None
         raise TypeError(f"unexpected message {message!r}")
+
+    def _schedule_sweep(self) -> None:
+        self._timer = threading.Timer(self._sweep_every_s, _tell_if_alive, [self.actor_ref, _SweepTick()])
+        self._timer.daemon = True
+        self._timer.start()
 
     def _accept(self, msg: Accept) -> Upload:
         try:
@@ -170,3 +197,8 @@ class UploadActor(SupervisedActor):
         if removed:
             log.info("swept %d orphaned upload files", removed)
         return removed
+
+
+def _tell_if_alive(ref: pykka.ActorRef[Any], message: object) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)

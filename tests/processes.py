@@ -27,17 +27,21 @@ def node_env(**extra: str) -> dict[str, str]:
 def serve(data_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A healthy ``sayit serve`` on a free port (its process and URL), killed afterwards if still running."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sayit_actors.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=node_env(SAYIT_DATA_DIR=str(data_dir), **env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # The log goes to a file: a pipe nobody drains would block the node once it fills up.
+    log = data_dir.parent / f"{data_dir.name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sayit_actors.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=node_env(SAYIT_DATA_DIR=str(data_dir), **env),
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + HEALTHY_WITHIN_S
         while True:
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            assert process.poll() is None, log.read_text(errors="replace")
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                     if response.status == 200:
@@ -51,5 +55,3 @@ def serve(data_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes],
         if process.poll() is None:
             process.kill()
             process.wait()
-        if process.stderr:
-            process.stderr.close()
