@@ -112,7 +112,7 @@ def wait_healthy(server: Server) -> Server:
         try:
             status, body = request(server.port, "GET", "/health", timeout_s=5)
             if status == 200:
-                server.health = body
+                server.health = body["data"]  # the app's envelope
                 return server
             last = f"HTTP {status}"
         except (OSError, http.client.HTTPException) as exc:

@@ -7,8 +7,11 @@ The TOML file uses the same names as the variables, lower-cased and without ``SA
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -53,6 +56,13 @@ class Limits:
     retry_after_s: int = 5
     max_restarts: int = 5
     restart_window_s: float = 60.0
+    max_duration_s: float = 4 * 3600.0  # longest recording taken (decoded length, not bytes): 413 beyond
+    upload_idle_timeout_s: float = 30.0  # longest wait for the next bytes of a request body: 408 beyond
+    # Each open event stream, and each OpenAI-route upload waiting for its job, holds one of the
+    # edge's Redis connections: together they stay well under SAYIT_REDIS_MAX_CONNECTIONS.
+    max_uploads_in_flight: int = 16  # uploads received or worked on at once by a node: 503 beyond
+    max_event_streams: int = 32  # open event streams of a node: 503 beyond
+    dispatch_timeout_s: float = 120.0  # longest wait for a long upload to be decoded, cut and queued
 
 
 @dataclass(frozen=True)
@@ -101,8 +111,11 @@ class ApiSettings:
     openai_wait_s: float = 600.0  # how long /v1/audio/* waits for a queued job (OpenAI's API is synchronous)
     callback_hosts: tuple[str, ...] = ()  # the only hosts a callbackUrl may name; empty: callbacks refused
     callback_secret: str | None = None  # signs each callback body (HMAC-SHA256); required for callbacks
-    callback_timeout_s: float = 10.0
+    callback_timeout_s: float = 10.0  # the whole of one delivery attempt: connect, send, the answer's status line
     callback_attempts: int = 3
+    callback_ports: tuple[int, ...] = (80, 443)  # the only ports a callbackUrl may name
+    # Off: a host that resolves to a loopback, private, link-local or reserved address is not called.
+    callback_allow_private: bool = False
     result_cache: bool = True  # the same audio with the same options answers the stored result
     idempotency_ttl_s: int = 24 * 3600
 
@@ -115,6 +128,7 @@ class Settings:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     max_concurrent_chunks: int = 4
     redis_url: str | None = None  # None: start an embedded redis-server
+    redis_max_connections: int = 64  # the edge's pool; a request waits for a free connection, then 503
     data_dir: Path = Path("data")
     cors_origins: tuple[str, ...] = ()
     api_keys: tuple[str, ...] = ()
@@ -183,6 +197,24 @@ def _port(raw: str) -> int:
     return value
 
 
+def _secret(minimum: int) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if len(raw.strip()) < minimum:
+            raise ValueError
+        return raw.strip()
+
+    parse.__doc__ = f"a secret of at least {minimum} characters"
+    return parse
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """a comma-separated list of origins (scheme://host[:port]; not *: CORS answers with credentials)"""
+    origins = _list(raw)
+    if any(origin == "*" or "://" not in origin for origin in origins):
+        raise ValueError
+    return origins
+
+
 def _redis_url(raw: str) -> str:
     """a redis:// or rediss:// or unix:// URL"""
     if not raw.startswith(("redis://", "rediss://", "unix://")):
@@ -198,10 +230,11 @@ _TOP: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "worker_id": (_text, "WORKER_ID"),
     "max_concurrent_chunks": (_int(1), "MAX_CONCURRENT_CHUNKS"),
     "redis_url": (_redis_url, "REDIS_URL"),
+    "redis_max_connections": (_int(1), None),
     "data_dir": (_text, None),
-    "cors_origins": (_list, None),
+    "cors_origins": (_origins, None),
     "api_keys": (_list, None),
-    "admin_token": (_text, None),
+    "admin_token": (_secret(16), None),
 }
 _ENGINE: dict[str, Callable[[str], Any]] = {
     "engine": _choice("auto", "faster-whisper", "mlx"),
@@ -219,6 +252,11 @@ _LIMITS: dict[str, Callable[[str], Any]] = {
     "retry_after_s": _int(1),
     "max_restarts": _int(0),
     "restart_window_s": _float(0.1),
+    "max_duration_s": _float(1.0),
+    "upload_idle_timeout_s": _float(0.1),
+    "max_uploads_in_flight": _int(1),
+    "max_event_streams": _int(1),
+    "dispatch_timeout_s": _float(1.0),
 }
 
 
@@ -261,15 +299,41 @@ def _hosts(raw: str) -> tuple[str, ...]:
     return hosts
 
 
+def _webhook_secret(raw: str) -> str:
+    """a non-empty secret, or whsec_ and base64 (Standard Webhooks)"""
+    value = _text(raw)
+    if value.startswith("whsec_"):
+        try:
+            if not base64.b64decode(value.removeprefix("whsec_"), validate=True):
+                raise ValueError
+        except binascii.Error:
+            raise ValueError from None
+    return value
+
+
+def _ports(raw: str) -> tuple[int, ...]:
+    """a comma-separated list of TCP ports"""
+    ports = tuple(_port(item) for item in _list(raw))
+    if not ports:
+        raise ValueError
+    return ports
+
+
 _API: dict[str, Callable[[str], Any]] = {
     "openai_wait_s": _float(1.0),
     "callback_hosts": _hosts,
-    "callback_secret": _text,
+    "callback_secret": _webhook_secret,
     "callback_timeout_s": _float(0.1),
     "callback_attempts": _int(1),
+    "callback_ports": _ports,
+    "callback_allow_private": _bool,
     "result_cache": _bool,
     "idempotency_ttl_s": _int(60),
 }
+
+
+# Never echoed in an error message: they end up in logs.
+_SECRETS = frozenset({"admin_token", "api_keys", "callback_secret"})
 
 
 def known_variables() -> set[str]:
@@ -286,9 +350,12 @@ def _read(
     toml: Mapping[str, Any],
     env_name: str | None = None,
 ) -> Any:
-    """The parsed value, or None when neither source sets it."""
+    """The parsed value, or None when neither source sets it.
+
+    An empty variable counts as unset: compose files pass ``${VAR:-}`` as an empty string.
+    """
     variable = env_name or f"SAYIT_{name.upper()}"
-    if variable in env:
+    if env.get(variable, "").strip():
         raw, source = env[variable], variable
     elif name in toml:
         value = toml[name]
@@ -299,7 +366,8 @@ def _read(
     try:
         return parse(raw)
     except ValueError:
-        raise ConfigError(f"{source}={raw!r} is invalid: expected {parse.__doc__}") from None
+        shown = "<hidden>" if name in _SECRETS else repr(re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", raw))
+        raise ConfigError(f"{source}={shown} is invalid: expected {parse.__doc__}") from None
 
 
 def _read_toml(env: Mapping[str, str]) -> dict[str, Any]:

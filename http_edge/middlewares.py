@@ -1,4 +1,9 @@
-"""Middlewares, outermost first: request id, security headers, CORS, metrics, errors, API keys."""
+"""Middlewares, outermost first: request id, CORS preflight, metrics, errors, API keys.
+
+The headers every response carries (security, CORS, ``Server``, ``Cache-Control``) are added by
+``add_headers`` on ``on_response_prepare``, not by a middleware: a middleware sees a streamed
+response (Server-Sent Events) only after its headers went out.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # As the seed's Helmet configuration, with the design's CSP.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'",
-    "Strict-Transport-Security": "max-age=15552000; includeSubDomains",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "SAMEORIGIN",
     "Referrer-Policy": "no-referrer",
@@ -38,6 +43,9 @@ SECURITY_HEADERS = {
 }
 CORS_METHODS = "GET, POST"
 CORS_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
+SERVER = "SayIt"  # not aiohttp's name and version
+# Transcripts, job results and events: no cache, shared or private, keeps a copy.
+NO_STORE_PREFIXES = ("/api/", "/v1/audio/", "/admin/")
 
 
 def preferred_language(request: web.Request) -> str:
@@ -96,29 +104,41 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
-@web.middleware
-async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    response.headers.update(SECURITY_HEADERS)
-    return response
+async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The same headers on every response of the app, just before they are sent (streams included).
+
+    CORS answers an allowed origin by name, with credentials (the app sends ``Authorization``);
+    never ``*``, which browsers refuse with credentials and the settings refuse.
+    """
+    headers = response.headers
+    headers.update(SECURITY_HEADERS)
+    headers["Server"] = SERVER
+    if REQUEST_ID in request:
+        headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    if request.path.startswith(NO_STORE_PREFIXES):
+        headers["Cache-Control"] = "no-store"
+    origins = request.app[SETTINGS].cors_origins
+    if not origins:
+        return
+    if "Origin" not in headers.getall("Vary", []):
+        headers.add("Vary", "Origin")  # the answer differs by origin: caches must keep them apart
+    origin = request.headers.get("Origin")
+    if origin is not None and origin in origins:
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Allow-Credentials"] = "true"
+        headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+        headers["Access-Control-Expose-Headers"] = f"{REQUEST_ID_HEADER}, Retry-After"
+        headers["Access-Control-Max-Age"] = "600"
 
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    origin = request.headers.get("Origin")
-    allowed = origin is not None and origin in request.app[SETTINGS].cors_origins
+    """Answers a preflight itself: 204 for an allowed origin (``add_headers`` adds the rest), else 403."""
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        response: web.StreamResponse = web.Response(status=204 if allowed else 403)
-    else:
-        response = await handler(request)
-    if allowed and origin is not None:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
-        response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
-        response.headers["Access-Control-Expose-Headers"] = f"{REQUEST_ID_HEADER}, Retry-After"
-        response.headers["Access-Control-Max-Age"] = "600"
-        response.headers.add("Vary", "Origin")
-    return response
+        origin = request.headers.get("Origin")
+        return web.Response(status=204 if origin in request.app[SETTINGS].cors_origins else 403)
+    return await handler(request)
 
 
 @web.middleware
@@ -142,8 +162,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except errors.SayitError as exc:
+        if exc.status == 503 and exc.retry_after_s is None:  # every 503 says when to try again
+            exc.retry_after_s = request.app[SETTINGS].limits.retry_after_s
         if exc.status >= 500:
             log.warning("request %s failed: %s %s", request.get(REQUEST_ID), exc.code, exc)
+        elif exc.__cause__ is not None:  # what the client is not shown (a library's message, a path)
+            log.info("request %s: %s: %s", request.get(REQUEST_ID), exc.code, exc.__cause__)
         return error_response(request, exc)
     except web.HTTPNotFound:
         return error_response(request, errors.NotFound())
@@ -151,9 +175,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(request, errors.MethodNotAllowed())
     except web.HTTPRequestEntityTooLarge:
         return error_response(request, errors.FileTooLarge())
-    except redis.RedisError as exc:
+    except redis.RedisError as exc:  # down, restarting, or refusing writes (OOM at maxmemory, READONLY, ...)
         log.warning("request %s: Redis failed: %s", request.get(REQUEST_ID), exc)
-        return error_response(request, errors.ServiceUnavailable("Redis is unreachable"))
+        retry_after_s = request.app[SETTINGS].limits.retry_after_s
+        return error_response(request, errors.ServiceUnavailable("Redis is unavailable", retry_after_s=retry_after_s))
     except web.HTTPException as exc:
         if exc.status >= 400:
             return error_response(request, errors.InvalidRequest(exc.reason))
@@ -176,7 +201,6 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 MIDDLEWARES = [
     request_id_middleware,
-    security_headers_middleware,
     cors_middleware,
     metrics_middleware,
     error_middleware,

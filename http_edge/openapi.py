@@ -175,8 +175,19 @@ SCHEMAS: dict[str, Schema] = {
             "data": array(obj({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR})),
         },
     ),
-    "Health": obj(
-        {"status": STR, "timestamp": STR, "uptime": NUM, "services": ANY_OBJECT, "stats": nullable(ANY_OBJECT)}
+    # The app's envelope; a 503 (unhealthy) has the same shape.
+    "Health": envelope(
+        obj(
+            {
+                "status": {"enum": ["healthy", "unhealthy"]},
+                "timestamp": {"type": "string", "format": "date-time"},
+                "uptime": NUM,
+                "services": obj(
+                    {"whisper": ANY_OBJECT, "redis": ANY_OBJECT, "workers": ANY_OBJECT, "queue": ANY_OBJECT}
+                ),
+                "stats": nullable(ANY_OBJECT),
+            }
+        )
     ),
     "Live": obj({"status": STR}),
     "Ready": obj({"status": STR, "redis": STR, "slotsAlive": INT, "givenUp": array(STR)}),
@@ -250,7 +261,7 @@ def _paths(admin: bool) -> dict[str, Any]:
         "/health": {"get": {"summary": "The node, its actors, Redis and the queue", "responses": {
             "200": _json("healthy", "Health"), "503": _json("unhealthy", "Health")}}},
         "/health/live": {"get": {"summary": "The process answers", "responses": {"200": _json("alive", "Live")}}},
-        "/health/ready": {"get": {"summary": "Redis answers, a slot is alive and no actor was given up on", "responses": {
+        "/health/ready": {"get": {"summary": "Redis, a live slot, no actor given up", "responses": {
             "200": _json("ready", "Ready"), "503": _json("not ready", "Ready")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
             "200": {"description": "text exposition format", "content": {"text/plain": {"schema": STR}}}}}},

@@ -76,8 +76,8 @@ async def health(request: web.Request) -> web.Response:
         except Exception as exc:  # health must answer whatever a part does
             log.warning("stats unavailable for /health: %s", exc)
     healthy = redis_status["status"] == "up" and slots_alive > 0 and all(c.alive for c in children)
-    body = {
-        "status": "ok" if healthy else "unhealthy",
+    data = {
+        "status": "healthy" if healthy else "unhealthy",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "uptime": round(time.time() - request.app[STARTED_AT], 1),
         "services": {
@@ -91,7 +91,8 @@ async def health(request: web.Request) -> web.Response:
         },
         "stats": stats,
     }
-    return web.json_response(body, status=200 if healthy else 503)
+    # The app's envelope; the request itself succeeded whatever the node's state (503 says that).
+    return web.json_response({"success": True, "data": data}, status=200 if healthy else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -104,6 +105,9 @@ async def metrics(request: web.Request) -> web.Response:
             nodes = await live_nodes(client)
             registry.queue_nodes.set(len(nodes))
             registry.queue_node_slots.set(sum(int(n.get("slots", 0)) for n in nodes))
+            memory = await client.info("memory")
+            registry.redis_memory_used.set(int(memory["used_memory"]))
+            registry.redis_memory_max.set(int(memory["maxmemory"]))
         except redis.RedisError as exc:
             log.warning("queue figures unavailable for /metrics: %s", exc)
     return web.Response(body=registry.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -12,6 +12,8 @@ if [[ "$(uname -s)-$(uname -m)" != "Darwin-arm64" ]]; then
 fi
 [[ -x .venv/bin/sayit ]] || { python3 -m venv .venv && .venv/bin/pip install --quiet -e ".[mlx]"; }
 .venv/bin/sayit convert-mlx  # once: data/mlx/base from the bundled model, re-used afterwards
-export SAYIT_ENGINE=mlx REDIS_URL="redis://${redis_host}:6379/0" WORKER_ID="${WORKER_ID:-mac-$(hostname -s)}"
+# The compose Redis asks for REDIS_PASSWORD; a Redis on another machine needs TLS: set REDIS_URL=rediss://...
+export REDIS_URL="${REDIS_URL:-redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD or REDIS_URL}@${redis_host}:6379/0}"
+export SAYIT_ENGINE=mlx WORKER_ID="${WORKER_ID:-mac-$(hostname -s)}"
 export HF_HUB_OFFLINE=1 MAX_CONCURRENT_CHUNKS="${MAX_CONCURRENT_CHUNKS:-2}"
 exec .venv/bin/sayit worker --port "$port"

@@ -119,7 +119,7 @@ def start_cluster(folder: Path, queue_nodes: tuple[str, ...], api_slots: int = 4
         for node in [api, *nodes.queue.values()]:
             wait(lambda n=node: n.process.poll() is None and get(f"{n.url}/health")[0] == 200, 90, node.name)
         live = len(queue_nodes)
-        wait(lambda: len(get(f"{api.url}/health")[1]["services"]["queue"]["nodes"]) == live, 30, "queue nodes")
+        wait(lambda: len(get(f"{api.url}/health")[1]["data"]["services"]["queue"]["nodes"]) == live, 30, "queue nodes")
     except BaseException:
         stop_cluster(nodes)
         raise

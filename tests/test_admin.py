@@ -42,7 +42,7 @@ async def test_a_wrong_or_missing_token_is_401(admin_client: TestClient) -> None
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         response = await admin_client.post("/admin/actors/whisper-0/restart", headers=headers)
         assert response.status == 401 and (await response.json())["error"]["code"] == "UNAUTHORIZED"
-    statuses = (await (await admin_client.get("/health")).json())["services"]["workers"]["actors"]
+    statuses = (await (await admin_client.get("/health")).json())["data"]["services"]["workers"]["actors"]
     assert all(a["restarts"] == 0 for a in statuses)  # nothing was restarted
 
 

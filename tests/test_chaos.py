@@ -211,7 +211,8 @@ async def test_no_accepted_job_is_lost_under_chaos(cluster: Cluster, tmp_path: P
     finally:
         client.close()
     given_up = [(n.name, a["name"]) for n in [cluster.api, *cluster.queue.values()]
-                for a in get(f"{n.url}/health")[1]["services"]["workers"]["actors"] if a["givenUp"]]  # fmt: skip
+                for a in get(f"{n.url}/health")[1]["data"]["services"]["workers"]["actors"]
+                if a["givenUp"]]  # fmt: skip
     not_ready = [n.name for n in [cluster.api, *cluster.queue.values()] if get(f"{n.url}/health/ready")[0] != 200]
     figures = {
         "load_s": round(loaded_s, 1),

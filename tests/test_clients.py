@@ -337,7 +337,13 @@ async def test_callback_is_signed_and_only_to_allowed_hosts(
     receiver = web.Application()
     receiver.router.add_post("/hook", hook)
     server = await aiohttp_server(receiver)
-    api = ApiSettings(result_cache=False, callback_hosts=("127.0.0.1",), callback_secret=SECRET)
+    api = ApiSettings(
+        result_cache=False,
+        callback_hosts=("127.0.0.1",),
+        callback_secret=SECRET,
+        callback_ports=(server.port,),
+        callback_allow_private=True,  # the receiver is on loopback
+    )
     client = await make_client(replace(settings, api=api))
 
     metadata_service = "http://169.254.169.254/latest/meta-data"

@@ -78,8 +78,10 @@ async def test_request_id_is_echoed_or_made(client: TestClient) -> None:
 
 async def test_health_reports_the_parts(client: TestClient) -> None:
     response = await client.get("/health")
-    body = await response.json()
-    assert response.status == 200 and body["status"] == "ok"
+    envelope = await response.json()
+    assert response.status == 200 and envelope["success"] is True
+    body = envelope["data"]
+    assert body["status"] == "healthy"
     services = body["services"]
     assert services["redis"]["status"] == "up"
     assert services["whisper"] == {
@@ -103,7 +105,7 @@ async def test_health_is_503_when_redis_is_down(make_client, settings: Settings,
     finally:
         own.stop()
     response = await client.get("/health")
-    body = await response.json()
+    body = (await response.json())["data"]
     assert response.status == 503 and body["status"] == "unhealthy"
     assert body["services"]["redis"]["status"] == "down"
     assert "sayit_redis_up 0.0" in await (await client.get("/metrics")).text()

@@ -93,7 +93,7 @@ async def test_mlx_transcribes_jfk_through_the_actor_pipeline(
 ) -> None:  # type: ignore[no-untyped-def]
     mlx_settings = replace(settings, engine=EngineSettings(engine="mlx", model=mlx_engine.model))
     client: TestClient = await make_client(mlx_settings, engine=mlx_engine)
-    health = await (await client.get("/health")).json()
+    health = (await (await client.get("/health")).json())["data"]
     assert health["services"]["whisper"]["engine"] == "mlx"
     data = await _post(client, corpus / "jfk.flac")
     assert normalized(data["transcription"]) == normalized(JFK)

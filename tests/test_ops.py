@@ -18,7 +18,7 @@ import redis
 import yaml
 from aiohttp.test_utils import TestClient
 
-from config.settings import known_variables
+from config.settings import known_variables, load_settings
 from sayit_actors import keys
 from sayit_actors.cli import build_parser
 from sayit_actors.redis_server import EmbeddedRedis, free_port
@@ -153,6 +153,70 @@ def test_compose_file_is_well_formed_and_uses_only_what_exists() -> None:
         assert {pair.split("=")[0] for pair in line.split()} <= known | python_tooling
     datasource = yaml.safe_load((OPS / "grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
+SECRETS = ("REDIS_PASSWORD", "SAYIT_API_KEYS", "GRAFANA_ADMIN_PASSWORD")
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """What compose makes of ``value``: ``${VAR:?msg}`` must be set, ``${VAR:-x}`` falls back to x."""
+
+    def one(match: re.Match[str]) -> str:
+        name, kind, word = match.groups()
+        if env.get(name):
+            return env[name]
+        assert kind != "?", f"{name} is required: {word}"
+        return word if kind == "-" else ""
+
+    return _VARIABLE.sub(one, value)
+
+
+def test_compose_secrets_are_required_and_redis_stays_private() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
+    assert "name" not in compose  # docker-compose 1.29 refuses a top-level name
+    for secret in SECRETS:
+        assert f"${{{secret}:?" in text, secret
+    # No secret has a default someone could forget to change; an empty one means "off".
+    defaults = re.findall(r"\$\{(\w*(?:PASSWORD|TOKEN|SECRET|KEYS)\w*):-([^}]+)\}", text)
+    assert defaults == []
+    services = compose["services"]
+    redis_service = services["redis"]
+    assert all(str(port).startswith("127.0.0.1:") for port in redis_service.get("ports", []))
+    assert "--requirepass ${REDIS_PASSWORD:?" in " ".join(redis_service["command"])
+    assert "PASSWORD" in redis_service["environment"]["REDISCLI_AUTH"]  # the health check authenticates
+    assert all(str(port).startswith("127.0.0.1:") for port in services["prometheus"]["ports"])  # no login
+    env = {"REDIS_PASSWORD": "pw0123456789", "SAYIT_API_KEYS": "k1", "GRAFANA_ADMIN_PASSWORD": "g"}
+    for name in ("api", "queue"):
+        url = _interpolate(services[name]["environment"]["REDIS_URL"], env)
+        assert re.fullmatch(r"rediss?://:pw0123456789@redis:6379/0", url), url
+        node_env = {k: _interpolate(str(v), env) for k, v in services[name]["environment"].items()}
+        settings = load_settings(node_env)  # optional secrets left unset arrive empty: they count as unset
+        assert settings.redis_url == url and settings.admin_token is None and settings.api.callback_hosts == ()
+    assert load_settings({k: _interpolate(str(v), env) for k, v in services["api"]["environment"].items()}).api_keys
+    with pytest.raises(AssertionError, match="REDIS_PASSWORD is required"):
+        _interpolate(services["api"]["environment"]["REDIS_URL"], {})
+    grafana = _interpolate(services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"], env)
+    assert grafana == "g"
+
+
+def test_compose_limits_fit_a_two_cpu_host() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name, service in services.items():
+        limits = service["deploy"]["resources"]["limits"]
+        assert float(_interpolate(str(limits["cpus"]), {})) <= 2, name
+        assert re.fullmatch(r"\d+[MG]", _interpolate(str(limits["memory"]), {})), name
+
+
+def test_compose_smoke_script_is_valid_bash() -> None:
+    script = OPS / "compose-smoke.sh"
+    assert os.access(script, os.X_OK)
+    checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    if shutil.which("shellcheck"):
+        linted = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+        assert linted.returncode == 0, linted.stdout
 
 
 @pytest.mark.slow

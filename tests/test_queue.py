@@ -150,7 +150,7 @@ async def test_a_chunk_that_cannot_be_transcribed_fails_its_job_only(
     assert r.xlen(keys.DEAD_LETTERS) == 1
     assert r.keys(f"sayit:job:{poisoned['jobId']}:audio:*") == []
     assert int(r.hget(keys.chunk_attempts(poisoned["jobId"]), "1")) == 2
-    health = await (await queue_node.get("/health")).json()
+    health = (await (await queue_node.get("/health")).json())["data"]
     assert health["services"]["queue"]["nodes"][0]["id"] == "queue-node"
 
 

@@ -94,7 +94,7 @@ async def test_requests_are_counted_in_redis(client: TestClient, corpus: Path, s
     assert stats["requests"] == 2 and stats["successes"] == 1 and stats["failures"] == 1
     assert stats["processing_ms"] > 0
     assert 0 < r.ttl(key) <= keys.STATS_TTL_S
-    health = await (await client.get("/health")).json()
+    health = (await (await client.get("/health")).json())["data"]
     assert health["stats"]["requests"] == 2 and health["stats"]["successRate"] == 0.5
 
 
@@ -165,7 +165,7 @@ async def test_crashed_whisper_actor_is_restarted(client: TestClient, corpus: Pa
     assert status == 500 and body["error"]["code"] == "INTERNAL"
 
     for _ in range(100):
-        health = await (await client.get("/health")).json()
+        health = (await (await client.get("/health")).json())["data"]
         restarted = [a for a in health["services"]["workers"]["actors"] if a["restarts"] == 1]
         if restarted and all(a["alive"] for a in health["services"]["workers"]["actors"]):
             break

@@ -16,15 +16,20 @@ import urllib.error
 import urllib.request
 
 
+def _status(body: dict) -> str:
+    """``status`` of /health/ready, or of /health's envelope (``{"success", "data": {"status"}}``)."""
+    return str(body.get("data", body).get("status", "?"))
+
+
 def check(url: str, ready: bool, timeout_s: float) -> tuple[bool, str]:
     path = "/health/ready" if ready else "/health"
     try:
         with urllib.request.urlopen(url.rstrip("/") + path, timeout=timeout_s) as response:
-            return True, json.load(response).get("status", "ok")
+            return True, _status(json.load(response))
     except urllib.error.HTTPError as exc:
         try:
-            status = json.load(exc).get("status", exc.reason)
-        except ValueError:
+            status = _status(json.load(exc))
+        except (ValueError, AttributeError):
             status = exc.reason
         return False, f"{exc.code} {status}"
     except (urllib.error.URLError, OSError) as exc:
