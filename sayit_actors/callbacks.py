@@ -18,9 +18,12 @@ Every body is signed as Standard Webhooks specify (``webhook-id``, ``webhook-tim
 ``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``), so a receiver can
 refuse a replayed or stale body; ``X-SayIt-Signature`` (HMAC of the body alone) stays for
 receivers written against it. The delivery id is the job's id and the event, the same on every
-attempt, so a receiver can drop a repeat. Sending runs on two threads fed by a bounded queue: a
-slow receiver never holds up the ResultActor, and a callback that finds the queue full is
-dropped with a warning and counted.
+attempt and on every node, so a receiver can drop a repeat.
+
+Which callbacks are due is kept in Redis, not here: a job that ends leaves an entry in the
+outbox stream, and the CallbackDispatcher (sayit_actors/outbox.py) of any node hands it to a
+``CallbackSender``. Sending runs on the sender's two threads fed by a bounded queue, so a slow
+receiver never holds up an actor; a callback that finds the queue full is refused (counted).
 """
 
 from __future__ import annotations
@@ -240,6 +243,19 @@ class Callback:
     payload: dict[str, Any]
     id: str
     future: Future[bool] = field(default_factory=Future)
+
+
+def job_payload(job_id: str, event: str, job: dict[str, str], result: dict[str, Any] | None) -> dict[str, Any]:
+    """What a receiver gets about an ended job, built when it is sent from the job's hash and result."""
+    outcome = event.removeprefix("job.")
+    return {
+        "jobId": job_id,
+        "status": outcome,
+        "filename": job.get("filename"),
+        "duration": int(job.get("duration_ms", 0)) / 1000,
+        "result": result if outcome == "completed" else None,
+        "error": {"code": "JOB_FAILED", "message": job.get("reason", "")} if outcome == "failed" else None,
+    }
 
 
 def delivery_id(event: str, payload: dict[str, Any]) -> str:

@@ -59,6 +59,9 @@ class Metrics:
             buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5), registry=r,
         )  # fmt: skip
         self.jobs = Counter("sayit_jobs", "Jobs ended on this node, by outcome", ["outcome"], registry=r)
+        self.callbacks = Counter(
+            "sayit_callbacks", "Callbacks this node is done sending: delivered or gave_up", ["outcome"], registry=r
+        )
         self.errors = Counter("sayit_errors", "Error responses by code", ["code"], registry=r)
         self.queue_depth = Gauge("sayit_queue_chunks", "Chunk tasks by state (cluster-wide)", ["state"], registry=r)
         self.queue_nodes = Gauge("sayit_queue_nodes", "Live queue nodes (cluster-wide)", registry=r)

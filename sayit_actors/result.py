@@ -4,6 +4,10 @@ A write that meets any Redis error (a restart, OOM at maxmemory, READONLY, a tim
 retried with backoff (the actor re-sends itself the message after a delay), so a chunk that was
 transcribed is not lost when Redis restarts or refuses writes for a while; stats are best effort.
 A read asked for while Redis fails is answered with ServiceUnavailable (a 503 on the edge).
+
+A job that ends with a callback URL gets its entry in the callback outbox whichever way it ends
+(merged after its last chunk or on a status read, or failed): the JobStore writes it with the
+job's end, and the CallbackDispatcher of some node sends it (sayit_actors/outbox.py).
 """
 
 from __future__ import annotations
@@ -13,15 +17,13 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 import pykka
 import redis
 
-from config import ApiSettings, QueueSettings
+from config import QueueSettings
 from sayit_actors import keys
-from sayit_actors.callbacks import CallbackSender
 from sayit_actors.errors import ServiceUnavailable
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
@@ -112,7 +114,6 @@ class ResultActor(SupervisedActor):
         redis_url: str,
         queue: QueueSettings,
         metrics: Metrics,
-        api: ApiSettings | None = None,
     ) -> None:
         super().__init__(supervisor, name)
         self._metrics = metrics
@@ -120,10 +121,6 @@ class ResultActor(SupervisedActor):
         self._queue = queue
         self._redis: redis.Redis | None = None
         self._store: JobStore | None = None
-        self._callbacks: CallbackSender | None = None
-        if api is not None and api.callback_hosts:
-            dropped = metrics.messages_dropped.labels(name, "callback_queue_full")
-            self._callbacks = CallbackSender(api, on_drop=dropped.inc)
         self._outage = Outage(f"result actor {name}")
 
     def on_start(self) -> None:
@@ -137,18 +134,6 @@ class ResultActor(SupervisedActor):
     def on_stop(self) -> None:
         if self._redis is not None:
             self._redis.close()
-        if self._callbacks is not None:
-            self._callbacks.close()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._callbacks is not None:  # its sender threads end with the actor that the restart replaces
-            self._callbacks.close()
-        super().on_failure(exception_type, exception_value, traceback)
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -179,14 +164,13 @@ class ResultActor(SupervisedActor):
 
     def _with_retry(self, msg: RecordChunk | ChunkFailure) -> None:
         try:
-            job_id = msg.delivery.task.job_id
             if isinstance(msg, RecordChunk):
                 self._record_chunk(msg)
             elif msg.dead:
                 if self.store.fail(msg.delivery, msg.reason):
-                    self._job_ended(job_id, "failed")
+                    self._job_ended("failed")
             elif self.store.retry_or_fail(msg.delivery, msg.reason) == "failed":
-                self._job_ended(job_id, "failed")
+                self._job_ended("failed")
         except redis.RedisError as exc:
             self._outage.failed(exc)
             delay = min(MAX_WRITE_RETRY_DELAY_S, 0.5 * 2**msg.tries)
@@ -211,7 +195,7 @@ class ResultActor(SupervisedActor):
             with self.doing(f"merging job {job_id}"):
                 result = self.store.finish(job_id)
             if result is not None:
-                self._job_ended(job_id, "completed", result)
+                self._job_ended("completed")
 
     def _unmerged(self, job_id: str) -> bool:
         return (self.store.get(job_id) or {}).get("status") == "processing"
@@ -223,23 +207,9 @@ class ResultActor(SupervisedActor):
         except redis.RedisError as exc:
             self._outage.failed(exc)
 
-    def _job_ended(self, job_id: str, outcome: str, result: dict[str, Any] | None = None) -> None:
-        """Count the job once, and tell its callback URL (if any) the outcome."""
+    def _job_ended(self, outcome: str) -> None:
+        """Count the job once (its callback is already in the outbox: the store wrote it with the end)."""
         self._metrics.jobs.labels(outcome).inc()
-        if self._callbacks is None:
-            return
-        job = self.store.get(job_id) or {}
-        url = job.get("callback_url")
-        if url:
-            payload = {
-                "jobId": job_id,
-                "status": outcome,
-                "filename": job.get("filename"),
-                "duration": int(job.get("duration_ms", 0)) / 1000,
-                "result": result,
-                "error": {"code": "JOB_FAILED", "message": job.get("reason", "")} if outcome == "failed" else None,
-            }
-            self._callbacks.send(url, f"job.{outcome}", payload)
 
     def _get_job(self, job_id: str) -> JobView | None:
         job = self.store.get(job_id)
@@ -249,8 +219,10 @@ class ResultActor(SupervisedActor):
         if job.get("status") == "completed":
             result = self.store.result(job_id)
         elif job.get("status") == "processing" and job.get("done") == job.get("total"):
-            result = self.store.finish(job_id)  # the last writer died before merging: merge now
+            result = self.store.finish(job_id)  # the last writer died before merging: merge now, callback included
             job = self.store.get(job_id) or job
+        if job.get("status") in ("completed", "failed") and job.get("callback_url") and not job.get("callback_queued"):
+            self.store.queue_callback(job_id)  # a node died between failing the job and queueing its callback
         return JobView(job, result)
 
     def _record_request(self, msg: RecordRequest) -> None:

@@ -5,6 +5,9 @@
 | ``all`` | Result, Upload, DurationProbe, Dispatcher, the slots, QueueConsumer |
 | ``api_only`` | Result, Upload, DurationProbe, Dispatcher, the slots (short uploads only) |
 | ``queue_only`` | Result, the slots, QueueConsumer |
+
+With callbacks configured (``SAYIT_CALLBACK_HOSTS``) every role also runs the CallbackDispatcher:
+any node sends the callbacks waiting in the outbox in Redis.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sayit_actors.consumer import Drain, HandBack, QueueConsumer
 from sayit_actors.dispatcher import Dispatcher
 from sayit_actors.engine import Engine
 from sayit_actors.metrics import Metrics
+from sayit_actors.outbox import CallbackDispatcher
 from sayit_actors.probe import DurationProbe
 from sayit_actors.result import ResultActor
 from sayit_actors.slots import SlotPool
@@ -34,6 +38,7 @@ PROBE = "duration-probe"
 DISPATCHER = "dispatcher"
 RESULT = "result"
 CONSUMER = "queue-consumer"
+CALLBACKS = "callback-dispatcher"
 
 
 def slot_name(index: int) -> str:
@@ -55,7 +60,7 @@ class ActorSystem:
             ChildSpec(
                 RESULT,
                 "ResultActor",
-                lambda sup, name: ResultActor.start(sup, name, redis_url, queue, metrics, settings.api),
+                lambda sup, name: ResultActor.start(sup, name, redis_url, queue, metrics),
             )
         ]
         if self.serves_uploads:
@@ -99,6 +104,16 @@ class ActorSystem:
                         result_name=RESULT,
                         metrics=metrics,
                         engine=engine.name,
+                    ),
+                )
+            )
+        if settings.api.callback_hosts:
+            specs.append(
+                ChildSpec(
+                    CALLBACKS,
+                    "CallbackDispatcher",
+                    lambda sup, name: CallbackDispatcher.start(
+                        sup, name, redis_url=redis_url, api=settings.api, consumer=settings.worker_id, metrics=metrics
                     ),
                 )
             )
