@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
+import hashlib
 import os
 import re
 import socket
@@ -63,6 +65,9 @@ class Limits:
     max_uploads_in_flight: int = 16  # uploads received or worked on at once by a node: 503 beyond
     max_event_streams: int = 32  # open event streams of a node: 503 beyond
     dispatch_timeout_s: float = 120.0  # longest wait for a long upload to be decoded, cut and queued
+    # Per tenant (per client address without API keys), shared by every node through Redis: 429 beyond.
+    rate_limit_per_min: int = 120  # uploads a minute; 0: off
+    audio_limit_s_per_hour: float = 0.0  # seconds of audio taken an hour; 0: off
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class QueueSettings:
     max_attempts: int = 3
     retry_backoff_s: float = 2.0  # doubled after each failed attempt
     max_queued_audio_s: float = 4 * 3600.0
+    # The most of that budget one tenant's jobs may hold (with two tenants or more): others keep room.
+    tenant_queue_share: float = 0.5
     result_ttl_s: int = 24 * 3600
     heartbeat_s: float = 5.0
     drain_timeout_s: float = 30.0
@@ -113,6 +120,8 @@ class ApiSettings:
     callback_secret: str | None = None  # signs each callback body (HMAC-SHA256); required for callbacks
     callback_timeout_s: float = 10.0  # the whole of one delivery attempt: connect, send, the answer's status line
     callback_attempts: int = 3
+    # A delivery a node holds this long without renewing it (the node died) is sent by another node.
+    callback_claim_s: float = 60.0
     callback_ports: tuple[int, ...] = (80, 443)  # the only ports a callbackUrl may name
     # Off: a host that resolves to a loopback, private, link-local or reserved address is not called.
     callback_allow_private: bool = False
@@ -131,7 +140,8 @@ class Settings:
     redis_max_connections: int = 64  # the edge's pool; a request waits for a free connection, then 503
     data_dir: Path = Path("data")
     cors_origins: tuple[str, ...] = ()
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()  # entries ``name:key`` or a bare key (see ``tenants``)
+    api_keys_file: Path | None = None  # more entries, one a line; merged into ``api_keys`` when loaded
     admin_token: str | None = None  # None: the admin routes do not exist
     engine: EngineSettings = EngineSettings()
     limits: Limits = Limits()
@@ -143,6 +153,23 @@ class Settings:
     @property
     def upload_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    @functools.cached_property
+    def tenants(self) -> tuple[tuple[str, str], ...]:
+        """(tenant name, key) of every API key; several keys may share a name (rotation)."""
+        return tuple(key_entry(entry) for entry in self.api_keys)
+
+
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def key_entry(entry: str) -> tuple[str, str]:
+    """(name, key) of one ``SAYIT_API_KEYS`` entry: ``name:key``, or a bare key named by a digest
+    of it (``key-`` and 8 hex digits), so that logs and Redis keys can name it without the secret."""
+    name, sep, key = entry.partition(":")
+    if sep and key and _TENANT_NAME.match(name):
+        return name, key
+    return f"key-{hashlib.sha256(entry.encode()).hexdigest()[:8]}", entry
 
 
 def _int(minimum: int) -> Callable[[str], int]:
@@ -215,6 +242,45 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _distinct_keys(entries: tuple[str, ...]) -> tuple[str, ...]:
+    keys = [key_entry(entry)[1] for entry in entries]
+    if len(set(keys)) != len(keys):  # one key under two names: which tenant would it be?
+        raise ValueError
+    return entries
+
+
+def _api_keys(raw: str) -> tuple[str, ...]:
+    """comma-separated entries name:key or key (a name: letters, digits, . _ -; no key twice)"""
+    return _distinct_keys(_list(raw))
+
+
+def key_lines(path: Path) -> tuple[str, ...]:
+    """The entries of a keys file: one ``name:key`` a line; blank lines and ``#`` comments skipped."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    entries = tuple(line for line in lines if line and not line.startswith("#"))
+    if not entries or any(key_entry(entry)[1] == entry for entry in entries):  # a line without a name
+        raise ValueError
+    return _distinct_keys(entries)
+
+
+def _keys_file(raw: str) -> Path:
+    """a readable file of name:key lines (no key twice)"""
+    path = Path(raw.strip())
+    try:
+        key_lines(path)
+    except (OSError, UnicodeDecodeError):
+        raise ValueError from None
+    return path
+
+
+def _share(raw: str) -> float:
+    """a number above 0 and at most 1"""
+    value = float(raw)
+    if not 0.0 < value <= 1.0:
+        raise ValueError
+    return value
+
+
 def _redis_url(raw: str) -> str:
     """a redis:// or rediss:// or unix:// URL"""
     if not raw.startswith(("redis://", "rediss://", "unix://")):
@@ -233,7 +299,8 @@ _TOP: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "redis_max_connections": (_int(1), None),
     "data_dir": (_text, None),
     "cors_origins": (_origins, None),
-    "api_keys": (_list, None),
+    "api_keys": (_api_keys, None),
+    "api_keys_file": (_keys_file, None),
     "admin_token": (_secret(16), None),
 }
 _ENGINE: dict[str, Callable[[str], Any]] = {
@@ -257,6 +324,8 @@ _LIMITS: dict[str, Callable[[str], Any]] = {
     "max_uploads_in_flight": _int(1),
     "max_event_streams": _int(1),
     "dispatch_timeout_s": _float(1.0),
+    "rate_limit_per_min": _int(0),
+    "audio_limit_s_per_hour": _float(0.0),
 }
 
 
@@ -267,6 +336,7 @@ _QUEUE: dict[str, Callable[[str], Any]] = {
     "max_attempts": _int(1),
     "retry_backoff_s": _float(0.0),
     "max_queued_audio_s": _float(1.0),
+    "tenant_queue_share": _share,
     "result_ttl_s": _int(60),
     "heartbeat_s": _float(0.5),
     "drain_timeout_s": _float(0.0),
@@ -325,6 +395,7 @@ _API: dict[str, Callable[[str], Any]] = {
     "callback_secret": _webhook_secret,
     "callback_timeout_s": _float(0.1),
     "callback_attempts": _int(1),
+    "callback_claim_s": _float(1.0),
     "callback_ports": _ports,
     "callback_allow_private": _bool,
     "result_cache": _bool,
@@ -398,6 +469,12 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     top.setdefault("max_concurrent_chunks", DEFAULT_SLOTS[mode])
     if "data_dir" in top:
         top["data_dir"] = Path(top["data_dir"])
+    if "api_keys_file" in top:
+        try:
+            top["api_keys"] = _distinct_keys((*top.get("api_keys", ()), *key_lines(top["api_keys_file"])))
+        except (OSError, ValueError):  # changed since it was read, or a key also in SAYIT_API_KEYS
+            raise ConfigError("SAYIT_API_KEYS and SAYIT_API_KEYS_FILE together give a key twice, or the file "
+                              "cannot be read") from None  # fmt: skip
     try:
         profiles = load_profiles(toml.get("profiles"))
     except ValueError as exc:

@@ -23,3 +23,6 @@ STARTED_AT = web.AppKey("started_at", float)
 ADMISSION = web.AppKey("admission", Admission)  # the gates of uploads and event streams
 CLOSING = web.AppKey("closing", asyncio.Event)  # set on shutdown: long-lived responses (event streams) end
 REQUEST_ID = web.RequestKey("request_id", str)
+# The caller's tenant: the name of its API key (``config.settings.key_entry``), never the key itself.
+# Set by the API-key middleware when keys are configured; absent without them (one user).
+TENANT = web.RequestKey("tenant", str)

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from http_edge.keys import METRICS, REQUEST_ID, SETTINGS
+from http_edge.keys import METRICS, REQUEST_ID, SETTINGS, TENANT
 from sayit_actors import errors
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ SECURITY_HEADERS = {
 CORS_METHODS = "GET, POST"
 CORS_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
 SERVER = "SayIt"  # not aiohttp's name and version
+RATE_LIMIT_HEADERS = "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"  # http_edge.limits
 # Transcripts, job results and events: no cache, shared or private, keeps a copy.
 NO_STORE_PREFIXES = ("/api/", "/v1/audio/", "/admin/")
 
@@ -128,7 +129,7 @@ async def add_headers(request: web.Request, response: web.StreamResponse) -> Non
         headers["Access-Control-Allow-Credentials"] = "true"
         headers["Access-Control-Allow-Methods"] = CORS_METHODS
         headers["Access-Control-Allow-Headers"] = CORS_HEADERS
-        headers["Access-Control-Expose-Headers"] = f"{REQUEST_ID_HEADER}, Retry-After"
+        headers["Access-Control-Expose-Headers"] = f"{REQUEST_ID_HEADER}, Retry-After, {RATE_LIMIT_HEADERS}"
         headers["Access-Control-Max-Age"] = "600"
 
 
@@ -190,12 +191,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[SETTINGS].api_keys
-    if keys and request.path.startswith(("/api/", OPENAI_PREFIX)):
+    """With API keys: the caller's tenant goes on the request (``TENANT``), by name only.
+
+    Every key is compared, in constant time, so the time taken does not tell which one matched.
+    """
+    tenants = request.app[SETTINGS].tenants
+    if tenants and request.path.startswith(("/api/", OPENAI_PREFIX)):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token_bytes = token.strip().encode()
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token_bytes, k.encode()) for k in keys):
+        matched = [name for name, key in tenants if hmac.compare_digest(token_bytes, key.encode())]
+        if scheme.lower() != "bearer" or not matched:
             raise errors.Unauthorized()
+        request[TENANT] = matched[0]
     return await handler(request)
 
 

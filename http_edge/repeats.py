@@ -7,6 +7,11 @@ that is never completed (the node died) expires after ``PENDING_TTL_S``. A reque
 gives its key back so that the client can retry it, unless a job was made for it (its client
 hung up, or an error came after the job): then the key keeps the job, and a retry is answered
 from that job as from the result cache (``cached``), instead of making a second one.
+
+Both are scoped: with API keys, the tenant is part of every key's digest, so a tenant never
+gets another's job id, filename or transcript, nor learns that someone uploaded the same bytes.
+Without keys the result cache is shared (one user), but an Idempotency-Key still belongs to
+one client address, so a guessable key cannot be taken by another client.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from http_edge.keys import ACTORS, REDIS, SETTINGS
+from http_edge.keys import ACTORS, REDIS, SETTINGS, TENANT
+from http_edge.limits import client_scope
 from sayit_actors import errors, keys
 from sayit_actors.caller import Caller
 from sayit_actors.dispatcher import Choices
@@ -107,11 +113,12 @@ class Replay:
         if self._idem_key is not None:
             await self._redis.delete(self._idem_key)
 
-    async def cached(self) -> CacheHit | None:
-        """The job this key made before, else the result cache's entry for the same audio and options."""
+    async def cached(self, shared: bool = True) -> CacheHit | None:
+        """The job this key made before, else (if ``shared``) the result cache's entry for the same
+        audio and options."""
         if self._job_id is not None:
             return CacheHit(job_id=self._job_id)
-        if self._cache_key is None:
+        if self._cache_key is None or not shared:
             return None
         raw = await self._redis.get(self._cache_key)
         if raw is None:
@@ -160,6 +167,11 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def idempotency_scope(request: web.Request, given: str) -> list[str]:
+    """What an Idempotency-Key's Redis key is made of: one client's key is not another's."""
+    return [request.path, client_scope(request), given]
+
+
 async def begin(
     request: web.Request, upload: Upload, language: str, choices: Choices, **request_options: Any
 ) -> Replay:
@@ -169,21 +181,22 @@ async def begin(
     """
     settings = request.app[SETTINGS]
     engine = request.app[ACTORS].engine
-    what = {
+    what: dict[str, Any] = {
         "audio": upload.sha256,
         "language": language,
         "choices": asdict(choices),
         "engine": [engine.name, engine.model, engine.compute_type],
         "silence": asdict(settings.silence),
     }
+    if TENANT in request:  # one tenant's results are not another's
+        what["tenant"] = request[TENANT]
     cache_key = keys.result_cache(_digest(what)) if settings.api.result_cache else None
     idem_key = None
     if HEADER in request.headers:
         given = request.headers[HEADER]
         if not _KEY.match(given):
             raise errors.InvalidRequest(f"{HEADER} must be 1 to 255 printable ASCII characters", param=HEADER)
-        scope = [request.path, request.headers.get("Authorization", ""), given]  # one client's key is not another's
-        idem_key = keys.idempotency(_digest(scope))
+        idem_key = keys.idempotency(_digest(idempotency_scope(request, given)))
     replay = Replay(
         request.app[REDIS], cache_key, idem_key, _digest([what, request_options]), settings.api.idempotency_ttl_s
     )

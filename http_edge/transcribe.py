@@ -4,8 +4,9 @@ Upload → DurationProbe → Dispatcher → a leased WhisperActor slot → reply
 (202) for long uploads and when every slot is busy. The upload file is released (deleted)
 whatever happens, and every request is counted in Redis by the ResultActor.
 
-A node takes at most ``SAYIT_MAX_UPLOADS_IN_FLIGHT`` uploads at once (``upload_route``), and an
-upload whose client goes quiet for ``SAYIT_UPLOAD_IDLE_TIMEOUT_S`` gets 408. A request whose
+A node takes at most ``SAYIT_MAX_UPLOADS_IN_FLIGHT`` uploads at once (``upload_route``), each
+counted first against its client's rate limits (``http_edge.limits``), and an upload whose
+client goes quiet for ``SAYIT_UPLOAD_IDLE_TIMEOUT_S`` gets 408. A request whose
 client hangs up is cancelled (``http_edge.server``); its ``Caller`` leaves, so the actors drop
 work for it not yet begun and make no job for it, and everything it holds is given back.
 """
@@ -27,15 +28,17 @@ import redis.asyncio as aioredis
 from aiohttp import BodyPartReader, web
 
 from config import Settings
-from http_edge import repeats
+from http_edge import limits, repeats
 from http_edge.cluster import live_nodes
-from http_edge.keys import ACTORS, ADMISSION, BRIDGE, METRICS, REDIS, SETTINGS
+from http_edge.keys import ACTORS, ADMISSION, BRIDGE, METRICS, REDIS, REQUEST_ID, SETTINGS, TENANT
+from http_edge.middlewares import error_response
 from sayit_actors import errors, formats, keys, system
 from sayit_actors.audio import AudioInfo
 from sayit_actors.callbacks import check_url
 from sayit_actors.caller import Caller
 from sayit_actors.dispatcher import Choices, Dispatch, Enqueue, JobTicket, Mode, Plan
 from sayit_actors.engine import DETECT_S, LanguageGuess, Segment
+from sayit_actors.jobstore import Owner
 from sayit_actors.probe import Probe
 from sayit_actors.result import GetJob, JobView, RecordRequest, today
 from sayit_actors.upload import Accept, IncomingFile, Release, Upload, display_name
@@ -86,15 +89,46 @@ class Form:
 
 
 def upload_route(handler: Handler) -> Handler:
-    """A route that takes an upload: one of at most SAYIT_MAX_UPLOADS_IN_FLIGHT on the node, from
-    its first byte read to its answer; past that, refused (503) before its body is read."""
+    """A route that takes an upload: counted against its client's rate limits, then one of at
+    most SAYIT_MAX_UPLOADS_IN_FLIGHT on the node, from its first byte read to its answer; past
+    either, refused (429, 503) before its body is read. Its answer carries the RateLimit headers."""
 
     @functools.wraps(handler)
     async def admitted(request: web.Request) -> web.Response:
-        with request.app[ADMISSION].uploads.entered():
-            return await handler(request)
+        try:
+            quota = await limits.take_upload(request)
+            with request.app[ADMISSION].uploads.entered():
+                response = await handler(request)
+        except limits.Refused as refused:  # rendered here: the error middleware knows no RateLimit headers
+            response = error_response(request, refused)
+            quota = refused.quota
+        if quota is not None:
+            response.headers.update(quota.headers())
+        return response
 
     return admitted
+
+
+def owner(request: web.Request) -> Owner | None:
+    """The tenant a job made now belongs to (None without API keys). With two tenants or more,
+    its jobs may hold only SAYIT_TENANT_QUEUE_SHARE of the queued-audio budget: a lone tenant is
+    everyone, and keeps all of it."""
+    if TENANT not in request:
+        return None
+    settings = request.app[SETTINGS]
+    several = len({name for name, _ in settings.tenants}) > 1
+    return Owner(request[TENANT], settings.queue.tenant_queue_share if several else 1.0)
+
+
+def may_see(request: web.Request, job_owner: str | None) -> bool:
+    """With API keys a job is its tenant's alone: to any other it does not exist (404, as unknown)."""
+    return not request.app[SETTINGS].api_keys or (TENANT in request and job_owner == request[TENANT])
+
+
+async def job_exists(request: web.Request, job_id: str) -> bool:
+    """Whether the job exists for the caller (read straight from Redis)."""
+    status, job_owner = await request.app[REDIS].hmget(keys.job(job_id), ["status", "owner"])  # type: Any, Any
+    return status is not None and may_see(request, job_owner.decode() if job_owner else "")
 
 
 async def _within(idle_s: float, read: Awaitable[T]) -> T:
@@ -223,9 +257,11 @@ async def process(
         async with accepted(request, form) as got:
             upload, info = got.upload, got.info
             audio_s = info.duration_s
+            await limits.take_audio(request, audio_s)
             dispatch = Dispatch(
-                upload.path, upload.size_bytes, info, language, upload.filename, choices, callback_url, caller
-            )
+                upload.path, upload.size_bytes, info, language, upload.filename, choices, callback_url, caller,
+                owner(request),
+            )  # fmt: skip
             dispatcher = functools.partial(actors.ref, system.DISPATCHER)
             plan: Plan = await bridge.ask(dispatcher, dispatch, timeout_s=dispatch_s, caller=caller)
             if plan.mode is Mode.SYNC:
@@ -338,7 +374,9 @@ async def _transcribe(
     replay: repeats.Replay,
     caller: Caller,
 ) -> web.Response:
-    hit = await replay.cached()
+    # A request with a callbackUrl makes its own job (or its Idempotency-Key's): a shared cached
+    # result or job would not call its URL.
+    hit = await replay.cached(shared=callback_url is None)
     if hit is not None and (answer := await _from_cache(request, hit, fmt, display_name(form.filename))) is not None:
         form.file.discard()
         tell(request.app[ACTORS], system.RESULT, RecordRequest(True, 0.0))
@@ -347,6 +385,8 @@ async def _transcribe(
         await replay.forget()
     outcome = await process(request, form, language, choices, caller, callback_url)
     if outcome.plan.job is not None:
+        log.info("request %s: job %s queued for %s", request.get(REQUEST_ID), outcome.plan.job.job_id,
+                 limits.who(request))  # fmt: skip
         await replay.remember_job(outcome.plan.job.job_id)
         body = await accepted_body(request, outcome.plan.job, outcome.info.duration_s)
         return web.json_response(body, status=202)
@@ -417,7 +457,7 @@ async def job_data(request: web.Request, job_id: str) -> dict[str, Any] | None:
     """A job as ``GET /api/transcribe/{jobId}`` shows it, with its result once completed; None if unknown."""
     actors, bridge = request.app[ACTORS], request.app[BRIDGE]
     view: JobView | None = await bridge.ask(lambda: actors.ref(system.RESULT), GetJob(job_id))
-    if view is None:
+    if view is None or not may_see(request, view.job.get("owner", "")):
         return None
     job = view.job
     done, total = int(job.get("done", 0)), int(job.get("total", 0))
@@ -470,6 +510,7 @@ async def detect_language(request: web.Request) -> web.Response:
     try:
         async with accepted(request, form) as got:
             audio_s = got.info.duration_s
+            await limits.take_audio(request, min(audio_s, DETECT_S))
             slot = await bridge.lease(actors.slots, settings.limits.slot_wait_s)
             if slot is None:
                 raise errors.ServerBusy(retry_after_s=settings.limits.retry_after_s)

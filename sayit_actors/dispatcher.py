@@ -31,7 +31,7 @@ from sayit_actors.caller import Caller
 from sayit_actors.chunking import Span
 from sayit_actors.engine import TranscriptionOptions
 from sayit_actors.errors import AudioTooLong, InvalidLanguage
-from sayit_actors.jobstore import JobStore
+from sayit_actors.jobstore import JobStore, Owner
 from sayit_actors.redis_server import client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
@@ -63,6 +63,7 @@ class Dispatch:
     choices: Choices = Choices()
     callback_url: str | None = None  # told the result when the job ends (queued uploads)
     caller: Caller = field(default_factory=Caller)  # a job is made only while its request waits for it
+    owner: Owner | None = None  # the tenant the job belongs to (with API keys): only it may see the job
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class Dispatcher(SupervisedActor):
         assert self._jobs is not None, "Dispatcher used before on_start"
         jobs, job_id = self._jobs, uuid.uuid4().hex
         with self.doing(f"splitting a {header_s:.0f} s upload into job {job_id}"):
-            jobs.check_room(header_s)
+            jobs.check_room(header_s, msg.owner)
             spans: list[Span] = []
             try:
                 blocks = audio.stream(msg.path, header_s, max_s)
@@ -153,7 +154,7 @@ class Dispatcher(SupervisedActor):
                 duration_s = spans[-1].start_s + spans[-1].duration_s
                 choices = asdict(msg.choices)
                 msg.caller.commit(job_id)  # raises if the request is gone: no job behind its back
-                jobs.create(job_id, msg.language, duration_s, spans, msg.filename, choices, msg.callback_url)
+                jobs.create(job_id, msg.language, duration_s, spans, msg.filename, choices, msg.callback_url, msg.owner)
             except BaseException:
                 self._drop_audio(job_id, len(spans))
                 raise

@@ -134,6 +134,14 @@ class UndecodableAudio(SayitError):
     message_ko = "오디오를 디코딩할 수 없습니다. 파일이 잘렸거나 손상되었습니다."
 
 
+class RateLimited(SayitError):
+    """A client (its API key's tenant, or its address) past its uploads a minute or audio an hour."""
+
+    code, status = "RATE_LIMITED", 429
+    message_en = "Too many uploads or too much audio for now: retry after Retry-After."
+    message_ko = "업로드나 오디오가 너무 많습니다. Retry-After 시간 후에 다시 시도해 주세요."
+
+
 class ServerBusy(SayitError):
     code, status = "SERVER_BUSY", 503
     message_en = "Every transcription slot is busy and no queue worker is live: retry after Retry-After."

@@ -5,7 +5,9 @@ actors own when and why, this module owns how. Guarantees:
 - a job and its tasks appear together or not at all (``create``);
 - recording a chunk result twice changes nothing (``record_chunk``: HSETNX);
 - a task leaves the stream's pending list only together with its result, its retry entry or
-  its dead letter.
+  its dead letter;
+- an ended job with a callback URL gets exactly one outbox entry (``queue_callback``): in the
+  same step as its merge, right after its failure.
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """The tenant a job belongs to, and the most of the queued-audio budget its jobs may hold."""
+
+    name: str
+    queue_share: float = 1.0
+
+
+@dataclass(frozen=True)
 class Delivery:
     entry_id: str
     task: Task
@@ -63,14 +73,21 @@ class Delivery:
 
 _CREATE = """
 -- KEYS: queued_ms, job, stream, events, audio keys...   ARGV: budget_ms, job_ms, job fields (json), tasks (json),
---       chunks in all
+--       chunks in all, the owner's queued_ms key prefix, the owner's budget_ms
+-- Returns 1 (created), 0 (over the budget) or 2 (over the owner's share of it).
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end  -- a retried call: the job is there already
-local queued = tonumber(redis.call('GET', KEYS[1]) or '0')
-if queued + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
-  for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
-  return 0
-end
 local fields = cjson.decode(ARGV[3])
+local owner_key = (fields.owner or '') ~= '' and ARGV[6] .. fields.owner or nil
+local queued = tonumber(redis.call('GET', KEYS[1]) or '0')
+local full = queued + tonumber(ARGV[2]) > tonumber(ARGV[1]) and 0 or nil
+if not full and owner_key then
+  local owned = tonumber(redis.call('GET', owner_key) or '0')
+  if owned + tonumber(ARGV[2]) > tonumber(ARGV[7]) then full = 2 end
+end
+if full then
+  for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+  return full
+end
 for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
 for i = 5, #KEYS do redis.call('PERSIST', KEYS[i]) end
 redis.call('XADD', KEYS[4], '*', 'type', 'queued', 'done', 0, 'total', ARGV[5])
@@ -80,6 +97,7 @@ for _, task in ipairs(cjson.decode(ARGV[4])) do
   redis.call('XADD', KEYS[3], '*', unpack(args))
 end
 redis.call('INCRBY', KEYS[1], ARGV[2])
+if owner_key then redis.call('INCRBY', owner_key, ARGV[2]) end
 return 1
 """
 
@@ -92,7 +110,8 @@ return #KEYS - 1
 
 _RECORD = """
 -- KEYS: job, results, audio, stream, queued_ms, events
--- ARGV: group, entry, index, result, duration_ms, now, the chunk as its progress event shows it (json)
+-- ARGV: group, entry, index, result, duration_ms, now, the chunk as its progress event shows it (json),
+--       the owner's queued_ms key prefix
 redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'failed' or status == 'completed' then return {0, 0, 0} end
@@ -104,6 +123,10 @@ if added == 1 then
   done = redis.call('HINCRBY', KEYS[1], 'done', 1)
   redis.call('HINCRBY', KEYS[1], 'queued_ms', -tonumber(ARGV[5]))
   redis.call('DECRBY', KEYS[5], ARGV[5])
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner and owner ~= '' and redis.call('DECRBY', ARGV[8] .. owner, ARGV[5]) <= 0 then
+    redis.call('DEL', ARGV[8] .. owner)
+  end
   if status == 'queued' then
     redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[6])
   end
@@ -114,13 +137,17 @@ return {added, done, total}
 
 _FAIL = """
 -- KEYS: job, stream, dead, queued_ms, results, attempts, result, events   ARGV: group, entry, reason,
---       task (json), now, ttl, audio key prefix
+--       task (json), now, ttl, audio key prefix, the owner's queued_ms key prefix
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', 'task', ARGV[4], 'reason', ARGV[3], 'at', ARGV[5])
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'failed' or status == 'completed' then return 0 end
 local remaining = tonumber(redis.call('HGET', KEYS[1], 'queued_ms') or '0')
 redis.call('DECRBY', KEYS[4], remaining)
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner and owner ~= '' and redis.call('DECRBY', ARGV[8] .. owner, remaining) <= 0 then
+  redis.call('DEL', ARGV[8] .. owner)
+end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'reason', ARGV[3], 'finished_at', ARGV[5], 'queued_ms', 0)
 redis.call('XADD', KEYS[8], '*', 'type', 'failed', 'reason', ARGV[3])
 local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
@@ -145,6 +172,17 @@ return #due
 """
 
 
+_QUEUE_CALLBACK = """
+-- KEYS: job, callbacks   ARGV: job id
+-- One delivery per job: an ended job with a callback URL gets its outbox entry once, whoever calls.
+local status, url = unpack(redis.call('HMGET', KEYS[1], 'status', 'callback_url'))
+if (status ~= 'completed' and status ~= 'failed') or not url or url == '' then return 0 end
+if redis.call('HSETNX', KEYS[1], 'callback_queued', status) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'job', ARGV[1], 'event', 'job.' .. status, 'url', url)
+return 1
+"""
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, queue: QueueSettings) -> None:
         # redis-py types each reply as a union of its sync and async forms: read them as Any.
@@ -155,6 +193,7 @@ class JobStore:
         self._record = client.register_script(_RECORD)
         self._fail = client.register_script(_FAIL)
         self._move_due = client.register_script(_MOVE_DUE)
+        self._queue_callback = client.register_script(_QUEUE_CALLBACK)
 
     # --- jobs --------------------------------------------------------------------------------
     def create(
@@ -166,11 +205,13 @@ class JobStore:
         filename: str,
         choices: dict[str, Any] | None = None,
         callback_url: str | None = None,
+        owner: Owner | None = None,
     ) -> None:
         """Create the job and its tasks over chunk audio already stored (``put_chunk_audio``).
 
-        Raises QueueFull over the audio budget, and then deletes that audio. Running it twice
-        (a retry after a lost reply) creates the job once.
+        Raises QueueFull over the audio budget, or over the owner's share of it (its queued audio
+        is counted beside the global count, in the same steps), and then deletes that audio.
+        Running it twice (a retry after a lost reply) creates the job once.
         """
         audio_keys = [keys.chunk_audio(job_id, c.index) for c in chunks]
         tasks = [
@@ -182,22 +223,30 @@ class JobStore:
             "status": "queued", "language": language, "duration_ms": round(duration_s * 1000),
             "total": len(chunks), "done": 0, "queued_ms": job_ms, "created_at": now_ms(), "filename": filename,
             "choices": json.dumps(choices or {}), "callback_url": callback_url or "",
+            "owner": owner.name if owner else "",
         }  # fmt: skip
         created = self._create(
             keys=[keys.QUEUED_AUDIO_MS, keys.job(job_id), keys.CHUNKS, keys.job_events(job_id), *audio_keys],
-            args=[round(self.q.max_queued_audio_s * 1000), job_ms, json.dumps(fields), json.dumps(tasks), len(chunks)],
-        )
-        if not created:
-            raise self._queue_full()
+            args=[self._budget_ms(), job_ms, json.dumps(fields), json.dumps(tasks), len(chunks),
+                  keys.tenant_queued_audio_ms(""), self._budget_ms(owner)],
+        )  # fmt: skip
+        if created != 1:
+            raise self._queue_full(owner if created == 2 else None)
 
-    def check_room(self, audio_s: float) -> None:
-        """Raise QueueFull if ``audio_s`` more would pass the queued-audio budget.
+    def check_room(self, audio_s: float, owner: Owner | None = None) -> None:
+        """Raise QueueFull if ``audio_s`` more would pass the queued-audio budget, or the owner's share.
 
         A cheap look before any chunk audio is written; ``create`` checks again, atomically,
         with the decoded length.
         """
-        if int(self.r.get(keys.QUEUED_AUDIO_MS) or 0) + round(audio_s * 1000) > round(self.q.max_queued_audio_s * 1000):
+        audio_ms = round(audio_s * 1000)
+        if int(self.r.get(keys.QUEUED_AUDIO_MS) or 0) + audio_ms > self._budget_ms():
             raise self._queue_full()
+        if owner and int(self.r.get(keys.tenant_queued_audio_ms(owner.name)) or 0) + audio_ms > self._budget_ms(owner):
+            raise self._queue_full(owner)
+
+    def _budget_ms(self, owner: Owner | None = None) -> int:
+        return round(self.q.max_queued_audio_s * 1000 * (owner.queue_share if owner else 1.0))
 
     def put_chunk_audio(self, job_id: str, chunk: Chunk) -> None:
         """Store one chunk's audio (FLAC) ahead of its job; it expires unless ``create`` adopts it."""
@@ -210,8 +259,9 @@ class JobStore:
         audio_keys = [keys.chunk_audio(job_id, i) for i in range(chunks)]
         return int(self._drop_audio(keys=[keys.job(job_id), *audio_keys]))
 
-    def _queue_full(self) -> QueueFull:
-        return QueueFull(retry_after_s=max(5, round(self.q.stall_interval_s)))
+    def _queue_full(self, owner: Owner | None = None) -> QueueFull:
+        detail = f"{owner.name}'s share of the queue is used" if owner else None
+        return QueueFull(detail, retry_after_s=max(5, round(self.q.stall_interval_s)))
 
     def get(self, job_id: str) -> dict[str, str] | None:
         raw: dict[bytes, bytes] = self.r.hgetall(keys.job(job_id))
@@ -233,7 +283,7 @@ class JobStore:
             keys=[keys.job(task.job_id), keys.chunk_results(task.job_id), keys.chunk_audio(task.job_id, task.index),
                   keys.CHUNKS, keys.QUEUED_AUDIO_MS, keys.job_events(task.job_id)],
             args=[keys.CHUNKS_GROUP, delivery.entry_id, task.index, json.dumps(result), task.duration_ms, now_ms(),
-                  json.dumps(event, ensure_ascii=False)],
+                  json.dumps(event, ensure_ascii=False), keys.tenant_queued_audio_ms("")],
         )  # fmt: skip
         return bool(added), int(done), int(total)
 
@@ -263,8 +313,9 @@ class JobStore:
                   keys.chunk_results(job_id), keys.chunk_attempts(job_id), keys.job_result(job_id),
                   keys.job_events(job_id)],
             args=[keys.CHUNKS_GROUP, delivery.entry_id, reason, json.dumps(delivery.task.fields()), now_ms(),
-                  self.q.result_ttl_s, keys.chunk_audio(job_id, 0)[:-1]],
+                  self.q.result_ttl_s, keys.chunk_audio(job_id, 0)[:-1], keys.tenant_queued_audio_ms("")],
         )  # fmt: skip
+        self.queue_callback(job_id)  # also when an earlier call failed it: that call's entry may be missing
         return bool(failed)
 
     def finish(self, job_id: str) -> dict[str, Any] | None:
@@ -282,6 +333,7 @@ class JobStore:
         with self.r.pipeline(transaction=True) as pipe:
             pipe.set(keys.job_result(job_id), json.dumps(result), ex=ttl)
             pipe.hset(keys.job(job_id), mapping={"status": "completed", "finished_at": now_ms()})
+            self._queue_callback(keys=[keys.job(job_id), keys.CALLBACKS], args=[job_id], client=pipe)
             if first:
                 pipe.xadd(keys.job_events(job_id), {"type": "completed", "done": job["total"], "total": job["total"]})
             for key in (keys.job(job_id), keys.chunk_results(job_id), keys.chunk_attempts(job_id),
@@ -289,6 +341,11 @@ class JobStore:
                 pipe.expire(key, ttl)
             pipe.execute()
         return result
+
+    def queue_callback(self, job_id: str) -> bool:
+        """Put the ended job's callback in the outbox (``finish`` does it in its own step); True if
+        this call did. Idempotent: one delivery per job however often it is called."""
+        return bool(self._queue_callback(keys=[keys.job(job_id), keys.CALLBACKS], args=[job_id]))
 
     def record_speed(self, day: dt.date, audio_s: float, engine_s: float) -> None:
         """Chunk audio and engine time per day: the measured real-time factor of the queue."""

@@ -8,8 +8,11 @@ All keys start with ``sayit:``:
 | ``sayit:chunks`` | stream | one entry per chunk task (job, index); group ``workers`` | until acked and trimmed |
 | ``sayit:chunks:dead`` | stream | tasks past the retry or stall limit, with the reason | ~10 000 newest |
 | ``sayit:chunks:retry`` | sorted set | tasks waiting out a retry backoff (score: due, ms) | until due |
+| ``sayit:callbacks`` | stream | callback outbox: job, event, url per ended job; group ``senders`` | until sent |
 | ``sayit:queue:audio_ms`` | string | audio ms of chunks not yet transcribed (the budget) | always |
-| ``sayit:job:<id>`` | hash | status, language, total, done, durations, reason, times | 24 h after it ends |
+| ``sayit:queue:tenant:<name>`` | string | the same, of one tenant's jobs (its share of the budget) | while above 0 |
+| ``sayit:rate:<kind>:<sha256>`` | string | a client's uploads (``requests``) or audio ms (``audio``) | its window |
+| ``sayit:job:<id>`` | hash | status, language, total, done, durations, reason, times, callback | 24 h after it ends |
 | ``sayit:job:<id>:audio:<n>`` | string | chunk n's audio, FLAC 16 kHz mono | until chunk n is done |
 | ``sayit:job:<id>:results`` | hash | chunk n → its transcript (JSON); a second write is ignored | 24 h after it ends |
 | ``sayit:job:<id>:attempts`` | hash | chunk n → failed attempts | 24 h after it ends |
@@ -32,6 +35,8 @@ CHUNKS_GROUP = "workers"
 DEAD_LETTERS = f"{PREFIX}chunks:dead"
 RETRIES = f"{PREFIX}chunks:retry"
 QUEUED_AUDIO_MS = f"{PREFIX}queue:audio_ms"
+CALLBACKS = f"{PREFIX}callbacks"
+CALLBACKS_GROUP = "senders"
 NODE_PATTERN = f"{PREFIX}node:*"
 
 
@@ -66,6 +71,16 @@ def job_events(job_id: str) -> str:
 def idempotency(key_digest: str) -> str:
     """``key_digest``: SHA-256 of the client's Idempotency-Key (any bytes a client sends stay out of key names)."""
     return f"{PREFIX}idem:{key_digest}"
+
+
+def tenant_queued_audio_ms(tenant: str) -> str:
+    """Tenant names are letters, digits and ``._-`` (``config.settings.key_entry``); "" gives the prefix."""
+    return f"{PREFIX}queue:tenant:{tenant}"
+
+
+def rate(kind: str, scope_digest: str) -> str:
+    """``scope_digest``: SHA-256 of the tenant or client address the limit counts for."""
+    return f"{PREFIX}rate:{kind}:{scope_digest}"
 
 
 def result_cache(fingerprint: str) -> str:
