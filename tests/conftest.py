@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
+import psutil
 import pytest
 import redis
 import soundfile
@@ -29,6 +32,21 @@ CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 DATA = Path(__file__).resolve().parent / "data"
 SLOTS = 2
 JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session() -> Iterator[None]:
+    """Every process a test started (nodes, redis-servers, watchdogs) is gone when the session ends."""
+    yield
+    deadline = time.monotonic() + 15
+    while (left := psutil.Process().children(recursive=True)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    running = []
+    for child in left:
+        with contextlib.suppress(psutil.Error):
+            running.append(" ".join(child.cmdline()))
+            child.kill()
+    assert not running, f"processes outlived the test session: {running}"
 
 
 @pytest.fixture(scope="session")
