@@ -13,7 +13,7 @@ else
 TEST_EXTRAS := redis,dev,mlx
 endif
 
-.PHONY: run test lint typecheck pytest tools bench chaos clean
+.PHONY: run test test-fast lint typecheck pytest tools bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ run: $(RUN_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/sayit serve --port 3000
 
 test: lint typecheck pytest
+
+# Unit tests that need neither the model nor a node (real Redis still), in about half a minute.
+test-fast: $(TEST_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -m "not slow" -q
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

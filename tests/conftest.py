@@ -177,3 +177,11 @@ async def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 90.0)
             return data
         assert loop.time() < deadline, f"job {job_id} still {data['status']}: {data['progress']}"
         await asyncio.sleep(0.2)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that loads the model (the ``engine`` fixture, itself or through an app) is ``slow``,
+    so ``make test-fast`` (``-m "not slow"``) runs only tests that need neither a model nor a node."""
+    for item in items:
+        if "engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

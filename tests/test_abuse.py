@@ -397,6 +397,7 @@ async def test_the_upload_actor_sweeps_orphans_while_it_runs(tmp_path: Path) -> 
     try:
         supervisor.ask(StartAll(), timeout=10)
         orphan, fresh = folder / INCOMING / "orphan.part", folder / INCOMING / "fresh.part"
+        orphan.parent.mkdir(parents=True, exist_ok=True)  # the actor makes it too, on its own thread
         orphan.write_bytes(b"left by a crash")
         fresh.write_bytes(b"being written")
         hours_ago = orphan.stat().st_mtime - 2 * 3600
