@@ -3,6 +3,10 @@
 Environment variables win over the TOML file (``SAYIT_CONFIG``), which wins over defaults.
 The TOML file uses the same names as the variables, lower-cased and without ``SAYIT_``
 (``port = 3000``, ``max_concurrent_chunks = 2``), plus ``[profiles.<lang>]`` tables.
+
+Each setting is declared once, as a dataclass field made by ``setting``: its default, the parser
+of its text, what it does and, where it differs from ``SAYIT_<NAME>``, its variable. The loader,
+``known_variables`` and the tests read those fields, so a new setting cannot be half-declared.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,128 +42,6 @@ class WorkerMode(enum.StrEnum):
 
 DEFAULT_SLOTS = {WorkerMode.ALL: 4, WorkerMode.API_ONLY: 4, WorkerMode.QUEUE_ONLY: 2}
 
-
-@dataclass(frozen=True)
-class EngineSettings:
-    engine: str = "auto"  # auto | faster-whisper | mlx
-    model: str = "base"  # base (bundled) | small | medium | a local model folder
-    device: str = "auto"  # auto | cpu | cuda
-    compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA
-    cpu_threads: int = 0  # 0: the cores shared out evenly between the slots
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_upload_bytes: int = 100 * MB
-    sync_max_duration_s: float = 30.0
-    sync_max_bytes: int = 10 * MB
-    slot_wait_s: float = 10.0
-    transcribe_timeout_s: float = 300.0
-    retry_after_s: int = 5
-    max_restarts: int = 5
-    restart_window_s: float = 60.0
-    max_duration_s: float = 4 * 3600.0  # longest recording taken (decoded length, not bytes): 413 beyond
-    upload_idle_timeout_s: float = 30.0  # longest wait for the next bytes of a request body: 408 beyond
-    # Each open event stream, and each OpenAI-route upload waiting for its job, holds one of the
-    # edge's Redis connections: together they stay well under SAYIT_REDIS_MAX_CONNECTIONS.
-    max_uploads_in_flight: int = 16  # uploads received or worked on at once by a node: 503 beyond
-    max_event_streams: int = 32  # open event streams of a node: 503 beyond
-    dispatch_timeout_s: float = 120.0  # longest wait for a long upload to be decoded, cut and queued
-    # Per tenant (per client address without API keys), shared by every node through Redis: 429 beyond.
-    rate_limit_per_min: int = 120  # uploads a minute; 0: off
-    audio_limit_s_per_hour: float = 0.0  # seconds of audio taken an hour; 0: off
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    """The chunk queue: Bull's at-least-once promises (30 s stall check, 1 stall) on Redis Streams."""
-
-    chunk_s: float = 30.0
-    stall_interval_s: float = 30.0
-    max_stalls: int = 1
-    max_attempts: int = 3
-    retry_backoff_s: float = 2.0  # doubled after each failed attempt
-    max_queued_audio_s: float = 4 * 3600.0
-    # The most of that budget one tenant's jobs may hold (with two tenants or more): others keep room.
-    tenant_queue_share: float = 0.5
-    result_ttl_s: int = 24 * 3600
-    heartbeat_s: float = 5.0
-    drain_timeout_s: float = 30.0
-    poll_s: float = 0.5
-
-
-# Text Whisper is known to invent over silence (dropped only where no speech is heard).
-INVENTED_PHRASES = (
-    "시청해주셔서 감사합니다",
-    "시청해 주셔서 감사합니다",
-    "구독과 좋아요 부탁드립니다",
-    "thanks for watching",
-    "thank you for watching",
-    "thank you",
-    "you",
-    "please subscribe",
-    "i'm sorry",
-)
-
-
-@dataclass(frozen=True)
-class SilenceSettings:
-    """Voice-activity filtering and dropping text invented over silence."""
-
-    vad: str = "long"  # long: queued chunks only | all | off
-    invented_phrases: tuple[str, ...] = INVENTED_PHRASES
-    no_speech_threshold: float = 0.6
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """What clients get beyond the app's contract: OpenAI's route, callbacks, repeats."""
-
-    openai_wait_s: float = 600.0  # how long /v1/audio/* waits for a queued job (OpenAI's API is synchronous)
-    callback_hosts: tuple[str, ...] = ()  # the only hosts a callbackUrl may name; empty: callbacks refused
-    callback_secret: str | None = None  # signs each callback body (HMAC-SHA256); required for callbacks
-    callback_timeout_s: float = 10.0  # the whole of one delivery attempt: connect, send, the answer's status line
-    callback_attempts: int = 3
-    # A delivery a node holds this long without renewing it (the node died) is sent by another node.
-    callback_claim_s: float = 60.0
-    callback_ports: tuple[int, ...] = (80, 443)  # the only ports a callbackUrl may name
-    # Off: a host that resolves to a loopback, private, link-local or reserved address is not called.
-    callback_allow_private: bool = False
-    result_cache: bool = True  # the same audio with the same options answers the stored result
-    idempotency_ttl_s: int = 24 * 3600
-
-
-@dataclass(frozen=True)
-class Settings:
-    host: str = "0.0.0.0"
-    port: int = 3000
-    worker_mode: WorkerMode = WorkerMode.ALL
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    max_concurrent_chunks: int = 4
-    redis_url: str | None = None  # None: start an embedded redis-server
-    redis_max_connections: int = 64  # the edge's pool; a request waits for a free connection, then 503
-    data_dir: Path = Path("data")
-    cors_origins: tuple[str, ...] = ()
-    api_keys: tuple[str, ...] = ()  # entries ``name:key`` or a bare key (see ``tenants``)
-    api_keys_file: Path | None = None  # more entries, one a line; merged into ``api_keys`` when loaded
-    admin_token: str | None = None  # None: the admin routes do not exist
-    engine: EngineSettings = EngineSettings()
-    limits: Limits = Limits()
-    queue: QueueSettings = QueueSettings()
-    silence: SilenceSettings = SilenceSettings()
-    api: ApiSettings = ApiSettings()
-    profiles: Mapping[str, LanguageProfile] = field(default_factory=load_profiles)
-
-    @property
-    def upload_dir(self) -> Path:
-        return self.data_dir / "uploads"
-
-    @functools.cached_property
-    def tenants(self) -> tuple[tuple[str, str], ...]:
-        """(tenant name, key) of every API key; several keys may share a name (rotation)."""
-        return tuple(key_entry(entry) for entry in self.api_keys)
-
-
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -170,6 +52,9 @@ def key_entry(entry: str) -> tuple[str, str]:
     if sep and key and _TENANT_NAME.match(name):
         return name, key
     return f"key-{hashlib.sha256(entry.encode()).hexdigest()[:8]}", entry
+
+
+# --- parsers: text to value; a ValueError is refused, the docstring says what was expected ------
 
 
 def _int(minimum: int) -> Callable[[str], int]:
@@ -204,6 +89,13 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _mode(raw: str) -> WorkerMode:
+    return WorkerMode(raw)  # a ValueError for any other text
+
+
+_mode.__doc__ = "one of " + ", ".join(WorkerMode)
+
+
 def _list(raw: str) -> tuple[str, ...]:
     """a comma-separated list"""
     return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -216,10 +108,41 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _path(raw: str) -> Path:
+    """a non-empty path"""
+    return Path(_text(raw))
+
+
 def _port(raw: str) -> int:
     """a TCP port from 1 to 65535"""
     value = int(raw)
     if not 1 <= value <= 65535:
+        raise ValueError
+    return value
+
+
+def _ports(raw: str) -> tuple[int, ...]:
+    """a comma-separated list of TCP ports"""
+    ports = tuple(_port(item) for item in _list(raw))
+    if not ports:
+        raise ValueError
+    return ports
+
+
+def _bool(raw: str) -> bool:
+    """true or false (also 1/0, yes/no, on/off)"""
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError
+
+
+def _share(raw: str) -> float:
+    """a number above 0 and at most 1"""
+    value = float(raw)
+    if not 0.0 < value <= 1.0:
         raise ValueError
     return value
 
@@ -234,12 +157,39 @@ def _secret(minimum: int) -> Callable[[str], str]:
     return parse
 
 
+def _webhook_secret(raw: str) -> str:
+    """a non-empty secret, or whsec_ and base64 (Standard Webhooks)"""
+    value = _text(raw)
+    if value.startswith("whsec_"):
+        try:
+            if not base64.b64decode(value.removeprefix("whsec_"), validate=True):
+                raise ValueError
+        except binascii.Error:
+            raise ValueError from None
+    return value
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     """a comma-separated list of origins (scheme://host[:port]; not *: CORS answers with credentials)"""
     origins = _list(raw)
     if any(origin == "*" or "://" not in origin for origin in origins):
         raise ValueError
     return origins
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    """a comma-separated list of host names or addresses (no scheme, no path)"""
+    hosts = tuple(item.lower() for item in _list(raw))
+    if any("/" in host or " " in host for host in hosts):
+        raise ValueError
+    return hosts
+
+
+def _redis_url(raw: str) -> str:
+    """a redis:// or rediss:// or unix:// URL"""
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError
+    return raw
 
 
 def _distinct_keys(entries: tuple[str, ...]) -> tuple[str, ...]:
@@ -273,159 +223,306 @@ def _keys_file(raw: str) -> Path:
     return path
 
 
-def _share(raw: str) -> float:
-    """a number above 0 and at most 1"""
-    value = float(raw)
-    if not 0.0 < value <= 1.0:
-        raise ValueError
-    return value
+# --- declaring a setting ------------------------------------------------------------------------
+
+_SETTING = "sayit.setting"
+# The metadata of a field holding a group of settings (its default_factory, a settings class).
+SECTION: Mapping[str, bool] = {"sayit.section": True}
 
 
-def _redis_url(raw: str) -> str:
-    """a redis:// or rediss:// or unix:// URL"""
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError
-    return raw
+@dataclass(frozen=True, kw_only=True)
+class SettingSpec:
+    """How one field is read: kept in the field's metadata."""
+
+    parse: Callable[[str], Any]  # its docstring says what a value must be, in error messages
+    doc: str  # what the setting does
+    env: str | None = None  # the variable where it is not SAYIT_<NAME>
+    secret: bool = False  # never echoed in an error message: they end up in logs
+
+    def variable(self, name: str) -> str:
+        return self.env or f"SAYIT_{name.upper()}"
 
 
-# name (the TOML key; the variable is SAYIT_<NAME> unless given), parser, where it goes
-_TOP: dict[str, tuple[Callable[[str], Any], str | None]] = {
-    "host": (_text, None),
-    "port": (_port, None),
-    "worker_mode": (_choice(*(m.value for m in WorkerMode)), "WORKER_MODE"),
-    "worker_id": (_text, "WORKER_ID"),
-    "max_concurrent_chunks": (_int(1), "MAX_CONCURRENT_CHUNKS"),
-    "redis_url": (_redis_url, "REDIS_URL"),
-    "redis_max_connections": (_int(1), None),
-    "data_dir": (_text, None),
-    "cors_origins": (_origins, None),
-    "api_keys": (_api_keys, None),
-    "api_keys_file": (_keys_file, None),
-    "admin_token": (_secret(16), None),
-}
-_ENGINE: dict[str, Callable[[str], Any]] = {
-    "engine": _choice("auto", "faster-whisper", "mlx"),
-    "model": _text,
-    "device": _choice("auto", "cpu", "cuda"),
-    "compute_type": _choice("auto", "int8", "int8_float16", "int8_float32", "float16", "float32"),
-    "cpu_threads": _int(0),
-}
-_LIMITS: dict[str, Callable[[str], Any]] = {
-    "max_upload_bytes": _int(1),
-    "sync_max_duration_s": _float(0.1),
-    "sync_max_bytes": _int(1),
-    "slot_wait_s": _float(0.0),
-    "transcribe_timeout_s": _float(1.0),
-    "retry_after_s": _int(1),
-    "max_restarts": _int(0),
-    "restart_window_s": _float(0.1),
-    "max_duration_s": _float(1.0),
-    "upload_idle_timeout_s": _float(0.1),
-    "max_uploads_in_flight": _int(1),
-    "max_event_streams": _int(1),
-    "dispatch_timeout_s": _float(1.0),
-    "rate_limit_per_min": _int(0),
-    "audio_limit_s_per_hour": _float(0.0),
-}
+def setting(
+    parse: Callable[[str], Any], doc: str, *, env: str | None = None, secret: bool = False
+) -> Mapping[str, SettingSpec]:
+    """The metadata of a field read from ``env`` (default ``SAYIT_<NAME>``) or the TOML key ``<name>``.
+
+    Metadata of a plain ``field`` rather than a wrapper of it: linters and mypy still see the
+    default, and mypy checks it against the field's type.
+    """
+    return {_SETTING: SettingSpec(parse=parse, doc=doc, env=env, secret=secret)}
 
 
-_QUEUE: dict[str, Callable[[str], Any]] = {
-    "chunk_s": _float(5.0),
-    "stall_interval_s": _float(1.0),
-    "max_stalls": _int(0),
-    "max_attempts": _int(1),
-    "retry_backoff_s": _float(0.0),
-    "max_queued_audio_s": _float(1.0),
-    "tenant_queue_share": _share,
-    "result_ttl_s": _int(60),
-    "heartbeat_s": _float(0.5),
-    "drain_timeout_s": _float(0.0),
-    "poll_s": _float(0.05),
-}
+# --- the settings -------------------------------------------------------------------------------
 
 
-_SILENCE: dict[str, Callable[[str], Any]] = {
-    "vad": _choice("long", "all", "off"),
-    "invented_phrases": _list,
-    "no_speech_threshold": _float(0.0),
-}
+@dataclass(frozen=True, kw_only=True)
+class EngineSettings:
+    engine: str = field(
+        default="auto",
+        metadata=setting(
+            _choice("auto", "faster-whisper", "mlx"),
+            "the engine; auto: mlx on an Apple Silicon Mac where installed, faster-whisper elsewhere",
+        ),
+    )
+    model: str = field(
+        default="base",
+        metadata=setting(_text, "base (bundled), small, medium (from a local model cache) or a model folder"),
+    )
+    device: str = field(
+        default="auto", metadata=setting(_choice("auto", "cpu", "cuda"), "auto: CUDA where a GPU is present")
+    )
+    compute_type: str = field(
+        default="auto",
+        metadata=setting(
+            _choice("auto", "int8", "int8_float16", "int8_float32", "float16", "float32"),
+            "auto: int8 on CPU, float16 on CUDA",
+        ),
+    )
+    cpu_threads: int = field(
+        default=0, metadata=setting(_int(0), "threads per engine worker; 0: the cores shared out evenly between slots")
+    )
 
 
-def _bool(raw: str) -> bool:
-    """true or false (also 1/0, yes/no, on/off)"""
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise ValueError
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    max_upload_bytes: int = field(default=100 * MB, metadata=setting(_int(1), "larger uploads get 413"))
+    sync_max_duration_s: float = field(default=30.0, metadata=setting(_float(0.1), "longest upload answered at once"))
+    sync_max_bytes: int = field(default=10 * MB, metadata=setting(_int(1), "largest upload answered at once"))
+    slot_wait_s: float = field(
+        default=10.0,
+        metadata=setting(
+            _float(0.0), "without a live queue node, how long a short upload waits for a slot: 503 beyond"
+        ),
+    )
+    transcribe_timeout_s: float = field(
+        default=300.0, metadata=setting(_float(1.0), "longest wait for one transcription")
+    )
+    retry_after_s: int = field(default=5, metadata=setting(_int(1), "the Retry-After of a 503"))
+    max_restarts: int = field(
+        default=5, metadata=setting(_int(0), "crashes within restart_window_s past which an actor stays stopped")
+    )
+    restart_window_s: float = field(default=60.0, metadata=setting(_float(0.1), "the window of max_restarts"))
+    max_duration_s: float = field(
+        default=4 * 3600.0,
+        metadata=setting(_float(1.0), "longest recording taken (decoded length, not bytes): 413 beyond"),
+    )
+    upload_idle_timeout_s: float = field(
+        default=30.0, metadata=setting(_float(0.1), "longest wait for the next bytes of a request body: 408 beyond")
+    )
+    # Each open event stream, and each OpenAI-route upload waiting for its job, holds one of the
+    # edge's Redis connections: together they stay well under SAYIT_REDIS_MAX_CONNECTIONS.
+    max_uploads_in_flight: int = field(
+        default=16, metadata=setting(_int(1), "uploads received or worked on at once by a node: 503 beyond")
+    )
+    max_event_streams: int = field(default=32, metadata=setting(_int(1), "open event streams of a node: 503 beyond"))
+    dispatch_timeout_s: float = field(
+        default=120.0, metadata=setting(_float(1.0), "longest wait for a long upload to be decoded, cut and queued")
+    )
+    # Per tenant (per client address without API keys), shared by every node through Redis: 429 beyond.
+    rate_limit_per_min: int = field(default=120, metadata=setting(_int(0), "uploads a minute per tenant; 0: off"))
+    audio_limit_s_per_hour: float = field(
+        default=0.0, metadata=setting(_float(0.0), "seconds of audio taken an hour per tenant; 0: off")
+    )
 
 
-def _hosts(raw: str) -> tuple[str, ...]:
-    """a comma-separated list of host names or addresses (no scheme, no path)"""
-    hosts = tuple(item.lower() for item in _list(raw))
-    if any("/" in host or " " in host for host in hosts):
-        raise ValueError
-    return hosts
+@dataclass(frozen=True, kw_only=True)
+class QueueSettings:
+    """The chunk queue: Bull's at-least-once promises (30 s stall check, 1 stall) on Redis Streams."""
+
+    chunk_s: float = field(
+        default=30.0, metadata=setting(_float(5.0), "longest chunk (at most 30: one Whisper window)")
+    )
+    stall_interval_s: float = field(
+        default=30.0, metadata=setting(_float(1.0), "when a chunk its node does not renew counts as stalled")
+    )
+    max_stalls: int = field(
+        default=1, metadata=setting(_int(0), "how often a chunk may stall before it is dead-lettered")
+    )
+    max_attempts: int = field(default=3, metadata=setting(_int(1), "attempts of a failing chunk"))
+    retry_backoff_s: float = field(
+        default=2.0, metadata=setting(_float(0.0), "first backoff, doubled after each failed attempt")
+    )
+    max_queued_audio_s: float = field(
+        default=4 * 3600.0, metadata=setting(_float(1.0), "queued audio beyond which new jobs get QUEUE_FULL")
+    )
+    # The most of that budget one tenant's jobs may hold (with two tenants or more): others keep room.
+    tenant_queue_share: float = field(
+        default=0.5,
+        metadata=setting(_share, "with two tenants or more, the share of that budget one tenant's jobs may hold"),
+    )
+    result_ttl_s: int = field(default=24 * 3600, metadata=setting(_int(60), "how long a finished job is kept"))
+    heartbeat_s: float = field(default=5.0, metadata=setting(_float(0.5), "queue node heartbeat"))
+    drain_timeout_s: float = field(
+        default=30.0, metadata=setting(_float(0.0), "on SIGTERM, how long running chunks may finish")
+    )
+    poll_s: float = field(default=0.5, metadata=setting(_float(0.05), "longest wait of one queue read"))
 
 
-def _webhook_secret(raw: str) -> str:
-    """a non-empty secret, or whsec_ and base64 (Standard Webhooks)"""
-    value = _text(raw)
-    if value.startswith("whsec_"):
-        try:
-            if not base64.b64decode(value.removeprefix("whsec_"), validate=True):
-                raise ValueError
-        except binascii.Error:
-            raise ValueError from None
-    return value
+# Text Whisper is known to invent over silence (dropped only where no speech is heard).
+INVENTED_PHRASES = (
+    "시청해주셔서 감사합니다",
+    "시청해 주셔서 감사합니다",
+    "구독과 좋아요 부탁드립니다",
+    "thanks for watching",
+    "thank you for watching",
+    "thank you",
+    "you",
+    "please subscribe",
+    "i'm sorry",
+)
 
 
-def _ports(raw: str) -> tuple[int, ...]:
-    """a comma-separated list of TCP ports"""
-    ports = tuple(_port(item) for item in _list(raw))
-    if not ports:
-        raise ValueError
-    return ports
+@dataclass(frozen=True, kw_only=True)
+class SilenceSettings:
+    """Voice-activity filtering and dropping text invented over silence."""
+
+    vad: str = field(
+        default="long",
+        metadata=setting(_choice("long", "all", "off"), "Silero voice-activity filter; long: queued chunks only"),
+    )
+    invented_phrases: tuple[str, ...] = field(
+        default=INVENTED_PHRASES, metadata=setting(_list, "text dropped where no speech is heard")
+    )
+    no_speech_threshold: float = field(
+        default=0.6, metadata=setting(_float(0.0), "the no-speech probability past which such text is dropped")
+    )
 
 
-_API: dict[str, Callable[[str], Any]] = {
-    "openai_wait_s": _float(1.0),
-    "callback_hosts": _hosts,
-    "callback_secret": _webhook_secret,
-    "callback_timeout_s": _float(0.1),
-    "callback_attempts": _int(1),
-    "callback_claim_s": _float(1.0),
-    "callback_ports": _ports,
-    "callback_allow_private": _bool,
-    "result_cache": _bool,
-    "idempotency_ttl_s": _int(60),
-}
+@dataclass(frozen=True, kw_only=True)
+class ApiSettings:
+    """What clients get beyond the app's contract: OpenAI's route, callbacks, repeats."""
+
+    openai_wait_s: float = field(
+        default=600.0,
+        metadata=setting(_float(1.0), "how long /v1/audio/* waits for a queued job (OpenAI's API is synchronous)"),
+    )
+    callback_hosts: tuple[str, ...] = field(
+        default=(), metadata=setting(_hosts, "the only hosts a callbackUrl may name; empty: callbacks refused")
+    )
+    callback_secret: str | None = field(
+        default=None,
+        metadata=setting(
+            _webhook_secret, "signs each callback body (HMAC-SHA256); required for callbacks", secret=True
+        ),
+    )
+    callback_timeout_s: float = field(
+        default=10.0,
+        metadata=setting(_float(0.1), "the whole of one delivery attempt: connect, send, the answer's status line"),
+    )
+    callback_attempts: int = field(default=3, metadata=setting(_int(1), "delivery attempts of one callback"))
+    callback_claim_s: float = field(
+        default=60.0,
+        metadata=setting(_float(1.0), "a delivery a node holds this long without renewing it is sent by another node"),
+    )
+    callback_ports: tuple[int, ...] = field(
+        default=(80, 443), metadata=setting(_ports, "the only ports a callbackUrl may name")
+    )
+    callback_allow_private: bool = field(
+        default=False,
+        metadata=setting(
+            _bool, "off: a host resolving to a loopback, private, link-local or reserved address is not called"
+        ),
+    )
+    result_cache: bool = field(
+        default=True, metadata=setting(_bool, "the same audio with the same options answers the stored result")
+    )
+    idempotency_ttl_s: int = field(
+        default=24 * 3600, metadata=setting(_int(60), "how long Idempotency-Keys and cached results are kept")
+    )
 
 
-# Never echoed in an error message: they end up in logs.
-_SECRETS = frozenset({"admin_token", "api_keys", "callback_secret"})
+def _node_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    host: str = field(default="0.0.0.0", metadata=setting(_text, "the address to listen on"))
+    port: int = field(default=3000, metadata=setting(_port, "the port to listen on"))
+    worker_mode: WorkerMode = field(
+        default=WorkerMode.ALL, metadata=setting(_mode, "the node's role", env="WORKER_MODE")
+    )
+    worker_id: str = field(
+        default_factory=_node_name, metadata=setting(_text, "this node's name in metrics and health", env="WORKER_ID")
+    )
+    max_concurrent_chunks: int = field(
+        default=4,
+        metadata=setting(_int(1), "transcription slots (2 where loaded as queue_only)", env="MAX_CONCURRENT_CHUNKS"),
+    )
+    redis_url: str | None = field(
+        default=None,
+        metadata=setting(_redis_url, "the shared Redis; None: start an embedded redis-server", env="REDIS_URL"),
+    )
+    redis_max_connections: int = field(
+        default=64, metadata=setting(_int(1), "the edge's pool; a request waits for a free connection, then 503")
+    )
+    data_dir: Path = field(
+        default=Path("data"), metadata=setting(_path, "uploads in flight, the embedded Redis's data, converted models")
+    )
+    cors_origins: tuple[str, ...] = field(
+        default=(), metadata=setting(_origins, "allowed origins, answered with credentials")
+    )
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        metadata=setting(_api_keys, "entries name:key or a bare key (see tenants); set: keys required", secret=True),
+    )
+    api_keys_file: Path | None = field(
+        default=None, metadata=setting(_keys_file, "more name:key entries, one a line; merged into api_keys")
+    )
+    admin_token: str | None = field(
+        default=None,
+        metadata=setting(_secret(16), "bearer token of /admin/*; None: those routes do not exist", secret=True),
+    )
+    engine: EngineSettings = field(default_factory=EngineSettings, metadata=SECTION)
+    limits: Limits = field(default_factory=Limits, metadata=SECTION)
+    queue: QueueSettings = field(default_factory=QueueSettings, metadata=SECTION)
+    silence: SilenceSettings = field(default_factory=SilenceSettings, metadata=SECTION)
+    api: ApiSettings = field(default_factory=ApiSettings, metadata=SECTION)
+    # Read from the TOML file's [profiles.<lang>] tables, not from variables.
+    profiles: Mapping[str, LanguageProfile] = field(default_factory=load_profiles)
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @functools.cached_property
+    def tenants(self) -> tuple[tuple[str, str], ...]:
+        """(tenant name, key) of every API key; several keys may share a name (rotation)."""
+        return tuple(key_entry(entry) for entry in self.api_keys)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def sections(kind: type[Any] = Settings) -> Iterator[tuple[str, type[Any]]]:
+    """(field name, class) of each section of ``kind``."""
+    for item in fields(kind):
+        if item.metadata == SECTION and isinstance(item.default_factory, type):
+            yield item.name, item.default_factory
+
+
+def declared(kind: type[Any]) -> Iterator[tuple[str, SettingSpec]]:
+    """(field name, spec) of each setting of ``kind`` itself (not of its sections)."""
+    for item in fields(kind):
+        if _SETTING in item.metadata:
+            yield item.name, item.metadata[_SETTING]
 
 
 def known_variables() -> set[str]:
     """Every environment variable the settings read."""
-    names = {env or f"SAYIT_{name.upper()}" for name, (_, env) in _TOP.items()}
-    names |= {f"SAYIT_{name.upper()}" for table in (_ENGINE, _LIMITS, _QUEUE, _SILENCE, _API) for name in table}
+    kinds: list[type[Any]] = [Settings, *(part for _, part in sections())]
+    names = {spec.variable(name) for kind in kinds for name, spec in declared(kind)}
     return names | {"SAYIT_CONFIG", "SAYIT_LOG_LEVEL"}
 
 
-def _read(
-    name: str,
-    parse: Callable[[str], Any],
-    env: Mapping[str, str],
-    toml: Mapping[str, Any],
-    env_name: str | None = None,
-) -> Any:
-    """The parsed value, or None when neither source sets it.
+def _read(name: str, spec: SettingSpec, env: Mapping[str, str], toml: Mapping[str, Any]) -> Any:
+    """The parsed value, or MISSING when neither source sets it.
 
     An empty variable counts as unset: compose files pass ``${VAR:-}`` as an empty string.
     """
-    variable = env_name or f"SAYIT_{name.upper()}"
+    variable = spec.variable(name)
     if env.get(variable, "").strip():
         raw, source = env[variable], variable
     elif name in toml:
@@ -433,12 +530,18 @@ def _read(
         raw = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         source = f"{name} in the TOML file"
     else:
-        return None
+        return MISSING
     try:
-        return parse(raw)
+        return spec.parse(raw)
     except ValueError:
-        shown = "<hidden>" if name in _SECRETS else repr(re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", raw))
-        raise ConfigError(f"{source}={shown} is invalid: expected {parse.__doc__}") from None
+        shown = "<hidden>" if spec.secret else repr(re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", raw))
+        raise ConfigError(f"{source}={shown} is invalid: expected {spec.parse.__doc__}") from None
+
+
+def _read_all(kind: type[Any], env: Mapping[str, str], toml: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``kind`` (not its sections) that the environment or the TOML file set."""
+    found = {name: _read(name, spec, env, toml) for name, spec in declared(kind)}
+    return {name: value for name, value in found.items() if value is not MISSING}
 
 
 def _read_toml(env: Mapping[str, str]) -> dict[str, Any]:
@@ -458,17 +561,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     """Settings from ``env`` (default: the process environment); ``overrides`` win over both."""
     env = os.environ if env is None else env
     toml = _read_toml(env)
-    top = {k: v for k, (p, e) in _TOP.items() if (v := _read(k, p, env, toml, e)) is not None}
-    engine = {k: v for k, p in _ENGINE.items() if (v := _read(k, p, env, toml)) is not None}
-    limits = {k: v for k, p in _LIMITS.items() if (v := _read(k, p, env, toml)) is not None}
-    queue = {k: v for k, p in _QUEUE.items() if (v := _read(k, p, env, toml)) is not None}
-    silence = {k: v for k, p in _SILENCE.items() if (v := _read(k, p, env, toml)) is not None}
-    api = {k: v for k, p in _API.items() if (v := _read(k, p, env, toml)) is not None}
-
-    mode = WorkerMode(top.pop("worker_mode", WorkerMode.ALL))
-    top.setdefault("max_concurrent_chunks", DEFAULT_SLOTS[mode])
-    if "data_dir" in top:
-        top["data_dir"] = Path(top["data_dir"])
+    top = _read_all(Settings, env, toml)
+    parts = {name: part(**_read_all(part, env, toml)) for name, part in sections()}
+    top.setdefault("max_concurrent_chunks", DEFAULT_SLOTS[top.get("worker_mode", WorkerMode.ALL)])
     if "api_keys_file" in top:
         try:
             top["api_keys"] = _distinct_keys((*top.get("api_keys", ()), *key_lines(top["api_keys_file"])))
@@ -476,24 +571,16 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             raise ConfigError("SAYIT_API_KEYS and SAYIT_API_KEYS_FILE together give a key twice, or the file "
                               "cannot be read") from None  # fmt: skip
     try:
-        profiles = load_profiles(toml.get("profiles"))
+        top["profiles"] = load_profiles(toml.get("profiles"))
     except ValueError as exc:
         raise ConfigError(f"SAYIT_CONFIG: {exc}") from None
-    fields: dict[str, Any] = {
-        **top,
-        "worker_mode": mode,
-        "engine": EngineSettings(**engine),
-        "limits": Limits(**limits),
-        "queue": QueueSettings(**queue),
-        "silence": SilenceSettings(**silence),
-        "api": ApiSettings(**api),
-        "profiles": profiles,
-    }
+    top.update(parts)
+    known = {item.name for item in fields(Settings)}
     for key, value in overrides.items():
-        if key not in Settings.__dataclass_fields__:
+        if key not in known:
             raise ConfigError(f"unknown setting {key!r}")
-        fields[key] = value
-    settings = Settings(**fields)
+        top[key] = value
+    settings = Settings(**top)
     if settings.queue.chunk_s > 30.0:
         raise ConfigError("SAYIT_CHUNK_S must be at most 30 (one Whisper window)")
     if settings.limits.sync_max_bytes > settings.limits.max_upload_bytes:

@@ -1,13 +1,17 @@
-"""Settings: defaults, the seed's variables, TOML, and clear errors for bad values."""
+"""Settings: defaults, the seed's variables, TOML, clear errors for bad values, each setting declared once."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from config import ConfigError, WorkerMode, load_settings
+from config import ConfigError, Settings, WorkerMode, load_settings
 from config.profiles import load_profiles
+from config.settings import SettingSpec, declared, known_variables, sections
 from sayit_actors.engine import TranscriptionOptions
 
 
@@ -90,3 +94,73 @@ def test_profiles_of_the_design_make_every_setting_take_effect() -> None:
         assert options.condition_on_previous_text is True
     assert TranscriptionOptions.from_profile(profiles["auto"]).language is None
     assert TranscriptionOptions.from_profile(profiles["ko"]).language == "ko"
+
+
+# --- each setting declared once: the field's metadata is the only place a variable is named --------
+
+KINDS: list[tuple[str | None, type[Any]]] = [(None, Settings), *sections()]
+
+
+def text_form(value: Any) -> str:
+    """``value`` as a variable would give it ("" for None: an empty variable counts as unset)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def each_setting() -> list[tuple[str | None, str, SettingSpec]]:
+    return [(part, name, spec) for part, kind in KINDS for name, spec in declared(kind)]
+
+
+def value_of(settings: Settings, part: str | None, name: str) -> Any:
+    return getattr(settings if part is None else getattr(settings, part), name)
+
+
+def test_every_field_is_a_declared_setting() -> None:
+    for part, kind in KINDS:
+        specs = dict(declared(kind))
+        for item in fields(kind):
+            if item.name in specs:
+                spec = specs[item.name]
+                assert callable(spec.parse) and spec.parse.__doc__ and spec.doc, (kind.__name__, item.name)
+            else:  # only Settings holds sections, and the profiles of the TOML file's tables
+                assert part is None and item.name in {*dict(sections()), "profiles"}, (kind.__name__, item.name)
+    names = [name for _, name, _ in each_setting()]
+    variables = [spec.variable(name) for _, name, spec in each_setting()]
+    assert len(set(names)) == len(names) and len(set(variables)) == len(variables)  # one flat TOML namespace
+    assert known_variables() == {*variables, "SAYIT_CONFIG", "SAYIT_LOG_LEVEL"}
+    assert {"WORKER_MODE", "WORKER_ID", "MAX_CONCURRENT_CHUNKS", "REDIS_URL", "SAYIT_PORT"} <= known_variables()
+
+
+def test_every_variable_takes_its_defaults_text(tmp_path: Path) -> None:
+    defaults = Settings()
+    env: dict[str, str] = {}
+    for part, name, spec in each_setting():
+        env[spec.variable(name)] = text_form(value_of(defaults, part, name))
+        if env[spec.variable(name)]:
+            assert spec.parse(env[spec.variable(name)]) == value_of(defaults, part, name), name
+    assert load_settings(env) == defaults
+    path = tmp_path / "sayit.toml"  # the same under each setting's TOML name
+    lines = [f"{name} = {json.dumps(text_form(value))}" for part, name, _ in each_setting()
+             if (value := value_of(defaults, part, name)) is not None]  # fmt: skip
+    path.write_text("\n".join(lines))
+    assert load_settings({"SAYIT_CONFIG": str(path)}) == defaults
+
+
+@pytest.mark.parametrize(
+    ("part", "name", "spec"), [pytest.param(*each, id=each[2].variable(each[1])) for each in each_setting()]
+)
+def test_every_variable_is_read_and_a_bad_value_names_it(part: str | None, name: str, spec: SettingSpec) -> None:
+    variable, bad = spec.variable(name), "-1x,*"
+    try:
+        settings = load_settings({variable: bad})
+    except ConfigError as refused:
+        assert variable in str(refused)
+        if spec.secret:
+            assert "-1x" not in str(refused)
+    else:  # any text goes: it was read all the same
+        assert value_of(settings, part, name) != value_of(Settings(), part, name), variable
