@@ -1,6 +1,6 @@
 """Typed settings of a SayIt node, read once at start."""
 
-from config.profiles import LanguageProfile, load_profiles
+from config.profiles import LANGUAGES, LanguageProfile, load_profiles
 from config.settings import (
     ApiSettings,
     ConfigError,
@@ -14,6 +14,7 @@ from config.settings import (
 )
 
 __all__ = [
+    "LANGUAGES",
     "ApiSettings",
     "ConfigError",
     "EngineSettings",

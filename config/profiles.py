@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any
 
 FALLBACK_STEP = 0.2
-LANGUAGES = ("ko", "en", "auto")
+LANGUAGES = ("ko", "en", "auto")  # the languages a request may ask for; each has a profile
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ there and misses nothing. The last event is ``completed`` (with the whole result
 Each open stream holds a Redis connection in a blocking read, so a node keeps at most
 ``SAYIT_MAX_EVENT_STREAMS`` open (503 with Retry-After beyond), and a stream whose client hangs
 up is cancelled at once (``http_edge.server``), which gives its place and its connection back.
-With API keys, a job's events are its tenant's alone (``transcribe.may_see``).
+With API keys, a job's events are its tenant's alone (``pipeline.may_see``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from http_edge.keys import ADMISSION, CLOSING, REDIS
-from http_edge.transcribe import job_data, job_exists, job_id_of
+from http_edge.pipeline import job_exists, job_id_of
+from http_edge.views import job_data
 from sayit_actors import errors, keys
 
 BLOCK_MS = 5_000  # under the Redis client's socket timeout; also the keep-alive period

@@ -14,10 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
+from config import LANGUAGES
 from http_edge import repeats
 from http_edge.events import wait_for_job
+from http_edge.form import Form, read_form, upload_route
 from http_edge.keys import ACTORS, SETTINGS, STARTED_AT
-from http_edge.transcribe import Form, process, read_form, refused_uncounted, sync_data, upload_route
+from http_edge.pipeline import process, refused_uncounted
+from http_edge.views import sync_data
 from sayit_actors import errors, formats
 from sayit_actors.caller import Caller
 from sayit_actors.dispatcher import Choices
@@ -67,7 +70,7 @@ def _choices(request: web.Request, form: Form, task: str) -> tuple[str, str, boo
     words = False
     if task == "transcribe":
         language = form.field("language", "auto").lower() or "auto"
-        if language not in ("ko", "en", "auto"):
+        if language not in LANGUAGES:
             raise errors.InvalidLanguage(f"got {language[:20]!r}", param="language")
         granularities = form.all("timestamp_granularities[]")
         if unknown := [g for g in granularities if g not in GRANULARITIES]:

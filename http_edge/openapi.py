@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from config import LANGUAGES
 from http_edge.keys import ACTORS
 
 JSON = "application/json"
@@ -199,7 +200,7 @@ SCHEMAS: dict[str, Schema] = {
 # The multipart fields of each upload route (besides ``file``): checked against the handlers.
 FIELDS: dict[str, dict[str, Schema]] = {
     "/api/transcribe": {
-        "language": {"enum": ["ko", "en", "auto"], "default": "auto"},
+        "language": {"enum": list(LANGUAGES), "default": "auto"},
         "format": {"enum": ["json", "txt", "srt", "vtt"], "default": "json"},
         "wordTimestamps": {"type": "boolean", "default": False},
         "prompt": {"type": "string", "maxLength": 4096, "description": "hotwords or a context prompt"},
@@ -208,7 +209,7 @@ FIELDS: dict[str, dict[str, Schema]] = {
     "/api/detect-language": {},
     "/v1/audio/transcriptions": {
         "model": {"type": "string", "description": "whisper-1 or the served model's name"},
-        "language": {"enum": ["ko", "en", "auto"]},
+        "language": {"enum": list(LANGUAGES)},
         "prompt": STR,
         "response_format": {"enum": ["json", "text", "srt", "verbose_json", "vtt"], "default": "json"},
         "temperature": {"type": "number", "minimum": 0, "maximum": 1},

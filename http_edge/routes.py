@@ -11,15 +11,13 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from http_edge import openai_api
+from http_edge import openai_api, pipeline
 from http_edge.admin import add_admin_routes
 from http_edge.cluster import live_nodes, queue_depth
 from http_edge.events import job_events
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, STARTED_AT
 from http_edge.openapi import openapi_json
 from http_edge.transcribe import detect_language, job_status, transcribe
-from sayit_actors import system
-from sayit_actors.result import DailyStats, GetStats
 from sayit_actors.supervisor import ChildStatus, GetStatus
 
 log = logging.getLogger(__name__)
@@ -38,7 +36,7 @@ async def _redis_status(request: web.Request) -> dict[str, Any]:
 
 
 async def health(request: web.Request) -> web.Response:
-    actors, bridge = request.app[ACTORS], request.app[BRIDGE]
+    actors = request.app[ACTORS]
     redis_status = await _redis_status(request)
     children = await _children(request)
     slots_alive = sum(1 for c in children if c.kind == "WhisperActor" and c.alive)
@@ -69,10 +67,7 @@ async def health(request: web.Request) -> web.Response:
         except redis.RedisError as exc:
             log.warning("queue nodes unavailable for /health: %s", exc)
         try:
-            daily: DailyStats = await bridge.ask(
-                lambda: actors.ref(system.RESULT), GetStats(), timeout_s=HEALTH_TIMEOUT_S
-            )
-            stats = daily.to_dict()
+            stats = (await asyncio.wait_for(pipeline.daily_stats(request), HEALTH_TIMEOUT_S)).to_dict()
         except Exception as exc:  # health must answer whatever a part does
             log.warning("stats unavailable for /health: %s", exc)
     healthy = redis_status["status"] == "up" and slots_alive > 0 and all(c.alive for c in children)

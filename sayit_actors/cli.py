@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from config import ConfigError, load_settings
+from config import LANGUAGES, ConfigError, load_settings
 from sayit_actors import client, formats
 from sayit_actors.engine import EngineUnavailable
 from sayit_actors.redis_server import RedisPolicyError
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument(
         "--url", default=client.default_url(), help=f"the server (default SAYIT_URL or {client.DEFAULT_URL})"
     )
-    transcribe.add_argument("--language", choices=client.LANGUAGES, default="auto", help="default auto")
+    transcribe.add_argument("--language", choices=LANGUAGES, default="auto", help="default auto")
     transcribe.add_argument("--format", choices=formats.FORMATS, default="json", help="default json")
     transcribe.add_argument(
         "--out", type=Path, help="output file (one FILE) or folder of <stem>.<format> (several); default stdout"

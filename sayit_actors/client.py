@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO, Any
 
 DEFAULT_URL = "http://localhost:3000"
-LANGUAGES = ("ko", "en", "auto")
 BLOCK_BYTES = 256 * 1024
 REQUEST_TIMEOUT_S = 600.0  # per socket operation: a sync answer may wait for a slot and the engine
 MAX_RETRIES = 3  # of a 503, each after the server's Retry-After

@@ -35,6 +35,7 @@ import redis
 
 from config import LanguageProfile, QueueSettings, SilenceSettings
 from sayit_actors.dispatcher import Choices, options_for
+from sayit_actors.engine import TranscriptionOptions
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import Outage, client_options
@@ -253,7 +254,7 @@ class QueueConsumer(SupervisedActor):
 
     def _start(self, delivery: Delivery) -> None:
         task = delivery.task
-        status, choices = self.store.job_status(task.job_id)
+        status, choices, stored = self.store.job_status(task.job_id)
         if status in (None, "failed", "completed"):
             # A chunk left queued when its job failed, or handed back after it completed: nothing to do.
             self.store.ack(delivery)
@@ -272,8 +273,10 @@ class QueueConsumer(SupervisedActor):
             self._slots.release(slot)
             self._tell_result(ChunkFailure(delivery, f"chunk {task.index} audio is missing"))
             return
-        profile = self._profiles.get(task.language) or self._profiles["auto"]
-        options = options_for(profile, Choices(**choices), self._silence, queued=True)
+        options = _stored_options(stored)  # computed once by the Dispatcher, when the job was made
+        if options is None:  # a job made before options were stored, or by another version
+            profile = self._profiles.get(task.language) or self._profiles["auto"]
+            options = options_for(profile, Choices(**choices), self._silence, queued=True)
         try:
             ref = self._lookup(slot)
             record_to = self._lookup(self._result_name)
@@ -309,6 +312,16 @@ class QueueConsumer(SupervisedActor):
             self._lookup(self._result_name).tell(message)
         except pykka.ActorDeadError:
             log.warning("ResultActor is restarting: %s left pending, it will be redelivered", type(message).__name__)
+
+
+def _stored_options(raw: dict[str, Any] | None) -> TranscriptionOptions | None:
+    """A job's stored options, or None when it has none or they do not fit this version's fields."""
+    if not raw:
+        return None
+    try:
+        return TranscriptionOptions(**{**raw, "temperatures": tuple(raw["temperatures"])})
+    except (KeyError, TypeError):
+        return None
 
 
 def _tell_if_alive(ref: pykka.ActorRef[Any], message: object) -> None:

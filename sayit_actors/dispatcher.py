@@ -1,38 +1,41 @@
-"""The Dispatcher: decides how an upload is transcribed, and splits long ones into queued chunks.
+"""The Dispatcher: decides how an upload is transcribed; it does no heavy work itself.
 
 Short uploads (≤ ``sync_max_duration_s`` and ≤ ``sync_max_bytes``) are transcribed at once on
-a local slot; the SlotPool (``sayit_actors.slots``) leases that slot to the caller, so the
-Dispatcher's inbox never waits on a transcription. Long uploads, and short ones that find
-every slot busy (``Enqueue``), are decoded as a stream and cut into chunks of at most 30 s at
-quiet points (``sayit_actors.chunking``); each chunk's audio goes to Redis as soon as it is
-cut, so memory does not grow with the recording, and the job and its tasks are created last,
-in one step. A recording longer than ``max_duration_s`` (by its header, or as it decodes) is
-refused, and so is one the queued-audio budget has no room for, before any audio is written;
-a job that fails midway leaves no chunk audio behind.
+a local slot: the Dispatcher leases a free one to the caller (``Plan.slot``), and the caller
+gives it back when the slot has answered, so the Dispatcher's inbox never waits on a
+transcription. When every slot is busy, a queue with live workers takes the upload at once
+(202); without one, the caller may wait up to ``slot_wait_s`` for a slot (``Plan.slot_wait_s``:
+that wait runs on the edge, off this actor's thread), then gets 503.
+
+Long uploads, and short ones the busy slots send to the queue, are handed to a Splitter
+(``sayit_actors.splitter``: decoding, cutting and storing chunk audio), the least loaded of the
+pool; the Dispatcher answers with a ``Forward`` to that Splitter's answer, so it is free for
+the next upload at once. A job's decoding options are computed here, once, and stored with it.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import logging
-import uuid
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pykka
 import redis
 
-from config import LanguageProfile, Limits, QueueSettings, SilenceSettings
-from sayit_actors import audio, chunking
+from config import LanguageProfile, Limits, SilenceSettings
+from sayit_actors import keys
 from sayit_actors.audio import AudioInfo
 from sayit_actors.caller import Caller
-from sayit_actors.chunking import Span
 from sayit_actors.engine import TranscriptionOptions
-from sayit_actors.errors import AudioTooLong, InvalidLanguage
-from sayit_actors.jobstore import JobStore, Owner
+from sayit_actors.errors import InvalidLanguage
+from sayit_actors.jobstore import Owner
 from sayit_actors.redis_server import client_options
+from sayit_actors.replies import Asked, Forward
+from sayit_actors.slots import SlotPool, WorkPool
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 log = logging.getLogger(__name__)
@@ -54,7 +57,26 @@ class Choices:
 
 
 @dataclass(frozen=True)
-class Dispatch:
+class JobTicket:
+    job_id: str
+    chunks: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What becomes of an upload: SYNC on ``slot`` (leased to the caller, who gives it back), SYNC
+    after waiting up to ``slot_wait_s`` for a slot (none was free and no queue could take it), or
+    ASYNC as the queued ``job``."""
+
+    mode: Mode
+    options: TranscriptionOptions
+    job: JobTicket | None = None
+    slot: str | None = None
+    slot_wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Dispatch(Asked[Plan]):
     path: Path
     size_bytes: int
     info: AudioInfo
@@ -67,23 +89,11 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
-class Enqueue:
-    """Queue an upload whatever its length (every sync slot is busy)."""
+class Split(Asked[Plan]):
+    """The Dispatcher's order to a Splitter: queue ``dispatch`` as a job decoded with ``options``."""
 
     dispatch: Dispatch
-
-
-@dataclass(frozen=True)
-class JobTicket:
-    job_id: str
-    chunks: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    mode: Mode
     options: TranscriptionOptions
-    job: JobTicket | None = None
 
 
 class Dispatcher(SupervisedActor):
@@ -93,24 +103,28 @@ class Dispatcher(SupervisedActor):
         name: str,
         *,
         limits: Limits,
-        queue: QueueSettings,
         silence: SilenceSettings,
         profiles: Mapping[str, LanguageProfile],
         redis_url: str,
+        slots: SlotPool,
+        splitters: WorkPool,
+        lookup: Callable[[str], pykka.ActorRef[Any]],
+        local_queue: bool,
     ) -> None:
         super().__init__(supervisor, name)
         self._limits = limits
-        self._queue = queue
         self._silence = silence
         self._profiles = profiles
         self._redis_url = redis_url
+        self._slots = slots
+        self._splitters = splitters
+        self._lookup = lookup
+        self._local_queue = local_queue  # this node consumes the queue itself
         self._redis: redis.Redis | None = None
-        self._jobs: JobStore | None = None
 
     def on_start(self) -> None:
-        # Its own client: chunk audio is written here, not through the ResultActor's inbox.
+        # Its own client, for one quick look: whether any queue node is live.
         self._redis = redis.Redis.from_url(self._redis_url, **client_options())
-        self._jobs = JobStore(self._redis, self._queue)
 
     def on_stop(self) -> None:
         if self._redis is not None:
@@ -119,61 +133,52 @@ class Dispatcher(SupervisedActor):
     def handle(self, message: Any) -> Any:
         match message:
             case Dispatch():
-                options = self._options_for(message)
-                if self.mode_for(message.size_bytes, message.info.duration_s) is Mode.SYNC:
-                    return Plan(Mode.SYNC, options)
-                return self._enqueue(message, options)
-            case Enqueue(dispatch):
-                return self._enqueue(dispatch, self._options_for(dispatch))
+                return self._dispatch(message)
         raise TypeError(f"unexpected message {message!r}")
 
     def mode_for(self, size_bytes: int, duration_s: float) -> Mode:
         short = duration_s <= self._limits.sync_max_duration_s and size_bytes <= self._limits.sync_max_bytes
         return Mode.SYNC if short else Mode.ASYNC
 
-    def _options_for(self, msg: Dispatch) -> TranscriptionOptions:
+    def _dispatch(self, msg: Dispatch) -> Plan | Forward[Plan]:
         profile = self._profiles.get(msg.language)
         if profile is None:
             raise InvalidLanguage()
-        return options_for(profile, msg.choices, self._silence, queued=False)
+        if self.mode_for(msg.size_bytes, msg.info.duration_s) is Mode.SYNC:
+            options = options_for(profile, msg.choices, self._silence, queued=False)
+            msg.caller.check()  # gone: no slot leased for nobody
+            if (slot := self._slots.acquire(0)) is not None:
+                return Plan(Mode.SYNC, options, slot=slot)
+            if not self._queue_has_workers():
+                return Plan(Mode.SYNC, options, slot_wait_s=self._limits.slot_wait_s)
+        queued = options_for(profile, msg.choices, self._silence, queued=True)
+        return self._split(Split(msg, queued))
 
-    def _enqueue(self, msg: Dispatch, options: TranscriptionOptions) -> Plan:
-        header_s, max_s = msg.info.duration_s, self._limits.max_duration_s
-        if header_s > max_s:
-            raise AudioTooLong(f"the header says {header_s:.0f} s, the limit is {max_s:.0f} s")
-        assert self._jobs is not None, "Dispatcher used before on_start"
-        jobs, job_id = self._jobs, uuid.uuid4().hex
-        with self.doing(f"splitting a {header_s:.0f} s upload into job {job_id}"):
-            jobs.check_room(header_s, msg.owner)
-            spans: list[Span] = []
-            try:
-                blocks = audio.stream(msg.path, header_s, max_s)
-                for chunk in chunking.stream_split(blocks, self._queue.chunk_s):
-                    spans.append(chunk.span)
-                    jobs.put_chunk_audio(job_id, chunk)
-                duration_s = spans[-1].start_s + spans[-1].duration_s
-                choices = asdict(msg.choices)
-                msg.caller.commit(job_id)  # raises if the request is gone: no job behind its back
-                jobs.create(job_id, msg.language, duration_s, spans, msg.filename, choices, msg.callback_url, msg.owner)
-            except BaseException:
-                self._drop_audio(job_id, len(spans))
-                raise
-        return Plan(Mode.ASYNC, options, JobTicket(job_id, len(spans)))
-
-    def _drop_audio(self, job_id: str, chunks: int) -> None:
-        """Delete what a failed job wrote; if Redis is out of reach, the audio expires on its own."""
-        assert self._jobs is not None
+    def _split(self, order: Split) -> Forward[Plan]:
+        name = self._splitters.pick()
         try:
-            self._jobs.drop_chunk_audio(job_id, chunks)
-        except redis.RedisError as exc:
-            log.warning("chunk audio of job %s not deleted (%s): it expires in its pending TTL", job_id, exc)
+            splitter = self._lookup(name)
+            return Forward(splitter, splitter.ask(order, block=False))
+        except pykka.ActorDeadError:
+            self._splitters.done(name)
+            raise
+
+    def _queue_has_workers(self) -> bool:
+        """This node consumes the queue, or some queue node's heartbeat is live."""
+        if self._local_queue:
+            return True
+        assert self._redis is not None, "Dispatcher used before on_start"
+        names = list(self._redis.scan_iter(match=keys.NODE_PATTERN, count=100))
+        beats: Any = self._redis.mget(names) if names else []  # redis-py types replies as sync-or-async
+        return any(int(json.loads(beat).get("slots", 0)) for beat in beats if beat)
 
 
 def options_for(
     profile: LanguageProfile, choices: Choices, silence: SilenceSettings, queued: bool
 ) -> TranscriptionOptions:
     """A request's decoding options: its language profile, its choices, and the silence settings
-    (``SAYIT_VAD``: ``long`` filters queued chunks only, ``all`` every transcription, ``off`` none)."""
+    (``SAYIT_VAD``: ``long`` decodes queued chunks one window per pause and skips those without
+    speech, ``all`` does so for every transcription, ``off`` for none; see sayit_actors.silence)."""
     vad = silence.vad == "all" or (queued and silence.vad == "long")
     overrides: dict[str, Any] = {}
     if choices.temperature is not None:

@@ -206,8 +206,12 @@ class JobStore:
         choices: dict[str, Any] | None = None,
         callback_url: str | None = None,
         owner: Owner | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         """Create the job and its tasks over chunk audio already stored (``put_chunk_audio``).
+
+        ``options`` are the decoding options its chunks get (``TranscriptionOptions.to_dict``),
+        computed once by the Dispatcher; a job without them has its options rebuilt from its choices.
 
         Raises QueueFull over the audio budget, or over the owner's share of it (its queued audio
         is counted beside the global count, in the same steps), and then deletes that audio.
@@ -223,7 +227,7 @@ class JobStore:
             "status": "queued", "language": language, "duration_ms": round(duration_s * 1000),
             "total": len(chunks), "done": 0, "queued_ms": job_ms, "created_at": now_ms(), "filename": filename,
             "choices": json.dumps(choices or {}), "callback_url": callback_url or "",
-            "owner": owner.name if owner else "",
+            "owner": owner.name if owner else "", "options": json.dumps(options) if options else "",
         }  # fmt: skip
         created = self._create(
             keys=[keys.QUEUED_AUDIO_MS, keys.job(job_id), keys.CHUNKS, keys.job_events(job_id), *audio_keys],
@@ -434,10 +438,15 @@ class JobStore:
         data = self.r.get(keys.chunk_audio(task.job_id, task.index))
         return data
 
-    def job_status(self, job_id: str) -> tuple[str | None, dict[str, Any]]:
-        """The job's status (None when it does not exist) and the choices it was submitted with."""
-        status, choices = self.r.hmget(keys.job(job_id), ["status", "choices"])
-        return (status.decode() if status else None), (json.loads(choices) if choices else {})
+    def job_status(self, job_id: str) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
+        """The job's status (None when it does not exist), the choices it was submitted with, and
+        its stored decoding options (None for a job made before they were stored)."""
+        status, choices, options = self.r.hmget(keys.job(job_id), ["status", "choices", "options"])
+        return (
+            status.decode() if status else None,
+            json.loads(choices) if choices else {},
+            json.loads(options) if options else None,
+        )
 
     # --- nodes -------------------------------------------------------------------------------
     def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:

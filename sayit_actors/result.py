@@ -1,13 +1,17 @@
-"""The ResultActor: every write of job state, chunk results, final results and stats.
+"""The ResultActor: the small writes of job state, chunk results, final results and stats.
+
+Reads are not its business: the edge reads jobs and stats straight from Redis with its own
+async client, so no status poll waits behind a write in this actor's inbox.
 
 A write that meets any Redis error (a restart, OOM at maxmemory, READONLY, a timeout) is
 retried with backoff (the actor re-sends itself the message after a delay), so a chunk that was
 transcribed is not lost when Redis restarts or refuses writes for a while; stats are best effort.
-A read asked for while Redis fails is answered with ServiceUnavailable (a 503 on the edge).
 
 A job that ends with a callback URL gets its entry in the callback outbox whichever way it ends
-(merged after its last chunk or on a status read, or failed): the JobStore writes it with the
-job's end, and the CallbackDispatcher of some node sends it (sayit_actors/outbox.py).
+(merged after its last chunk, or failed): the JobStore writes it with the job's end, and the
+CallbackDispatcher of some node sends it (sayit_actors/outbox.py). A job whose last writer died
+before merging, or whose node died between failing it and queueing its callback, is mended when
+the edge reads it: it tells this actor ``SettleJob``.
 """
 
 from __future__ import annotations
@@ -15,16 +19,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pykka
 import redis
 
 from config import QueueSettings
 from sayit_actors import keys
-from sayit_actors.errors import ServiceUnavailable
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import Outage, client_options
@@ -32,7 +35,6 @@ from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
 
 log = logging.getLogger(__name__)
 MAX_WRITE_RETRY_DELAY_S = 10.0
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,10 @@ class RecordRequest(Told):
 
 
 @dataclass(frozen=True)
-class GetStats:
-    day: dt.date | None = None
+class SettleJob(Told):
+    """Merge a job whose chunks are all recorded but which is still processing (its last writer
+    died before merging), and queue the callback an ended job is missing. Both are idempotent."""
 
-
-@dataclass(frozen=True)
-class GetJob:
     job_id: str
 
 
@@ -84,6 +84,19 @@ class DailyStats:
     def average_processing_s(self) -> float | None:
         return round(self.processing_s / self.requests, 3) if self.requests else None
 
+    @classmethod
+    def from_hash(cls, day: dt.date, raw: Mapping[bytes, bytes]) -> DailyStats:
+        """The day's stats from their hash in Redis (``keys.stats``)."""
+        value = {k.decode(): int(v) for k, v in raw.items()}
+        return cls(
+            day=day.isoformat(),
+            requests=value.get("requests", 0),
+            successes=value.get("successes", 0),
+            failures=value.get("failures", 0),
+            processing_s=value.get("processing_ms", 0) / 1000,
+            audio_s=value.get("audio_ms", 0) / 1000,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "day": self.day,
@@ -94,12 +107,6 @@ class DailyStats:
             "averageProcessingTime": self.average_processing_s,
             "audioSeconds": round(self.audio_s, 3),
         }
-
-
-@dataclass(frozen=True)
-class JobView:
-    job: dict[str, str]
-    result: dict[str, Any] | None
 
 
 def today() -> dt.date:
@@ -139,10 +146,8 @@ class ResultActor(SupervisedActor):
         match message:
             case RecordRequest():
                 return self._record_request(message)
-            case GetStats(day):
-                return self._answer(lambda: self._stats(day or today()))
-            case GetJob(job_id):
-                return self._answer(lambda: self._get_job(job_id))
+            case SettleJob(job_id):
+                return self._settle(job_id)
             case RecordChunk() | ChunkFailure():
                 return self._with_retry(message)
         raise TypeError(f"unexpected message {message!r}")
@@ -151,16 +156,6 @@ class ResultActor(SupervisedActor):
     def store(self) -> JobStore:
         assert self._store is not None, "ResultActor used before on_start"
         return self._store
-
-    def _answer(self, read: Callable[[], T]) -> T:
-        """An asked read: a Redis error goes back to the caller as ServiceUnavailable."""
-        try:
-            answer = read()
-        except redis.RedisError as exc:
-            self._outage.failed(exc)
-            raise ServiceUnavailable("Redis is unavailable") from exc
-        self._outage.ok()
-        return answer
 
     def _with_retry(self, msg: RecordChunk | ChunkFailure) -> None:
         try:
@@ -211,19 +206,23 @@ class ResultActor(SupervisedActor):
         """Count the job once (its callback is already in the outbox: the store wrote it with the end)."""
         self._metrics.jobs.labels(outcome).inc()
 
-    def _get_job(self, job_id: str) -> JobView | None:
-        job = self.store.get(job_id)
-        if job is None:
-            return None
-        result = None
-        if job.get("status") == "completed":
-            result = self.store.result(job_id)
-        elif job.get("status") == "processing" and job.get("done") == job.get("total"):
-            result = self.store.finish(job_id)  # the last writer died before merging: merge now, callback included
-            job = self.store.get(job_id) or job
-        if job.get("status") in ("completed", "failed") and job.get("callback_url") and not job.get("callback_queued"):
-            self.store.queue_callback(job_id)  # a node died between failing the job and queueing its callback
-        return JobView(job, result)
+    def _settle(self, job_id: str) -> None:
+        """Told by the edge on reading a job that looks unsettled; a Redis error drops it (the next
+        read tells again)."""
+        try:
+            job = self.store.get(job_id)
+            if job is None:
+                return
+            if job.get("status") == "processing" and job.get("done") == job.get("total"):
+                with self.doing(f"merging job {job_id}"):
+                    if self.store.finish(job_id) is not None:  # the last writer died before merging
+                        self._job_ended("completed")
+            elif job.get("status") in ("completed", "failed") and job.get("callback_url"):
+                self.store.queue_callback(job_id)  # a node died between failing the job and queueing its callback
+        except redis.RedisError as exc:
+            self._outage.failed(exc)
+            return
+        self._outage.ok()
 
     def _record_request(self, msg: RecordRequest) -> None:
         assert self._redis is not None
@@ -241,19 +240,6 @@ class ResultActor(SupervisedActor):
             self._outage.failed(exc)
             return
         self._outage.ok()
-
-    def _stats(self, day: dt.date) -> DailyStats:
-        assert self._redis is not None
-        raw: dict[bytes, bytes] = self._redis.hgetall(keys.stats(day))  # type: ignore[assignment]
-        value = {k.decode(): int(v) for k, v in raw.items()}
-        return DailyStats(
-            day=day.isoformat(),
-            requests=value.get("requests", 0),
-            successes=value.get("successes", 0),
-            failures=value.get("failures", 0),
-            processing_s=value.get("processing_ms", 0) / 1000,
-            audio_s=value.get("audio_ms", 0) / 1000,
-        )
 
 
 def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:

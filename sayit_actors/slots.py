@@ -1,4 +1,5 @@
-"""The node's transcription slots: one WhisperActor each, leased one request at a time.
+"""The node's transcription slots (one WhisperActor each, leased one request at a time), and
+the pools of actors that share other work.
 
 A lease is taken before a transcription is sent to a slot and given back when the slot has
 answered (or died), so a slot never holds more than one job and a caller that cannot get a
@@ -47,3 +48,30 @@ class SlotPool:
 
     def _publish(self) -> None:
         self._metrics.set_slots(len(self.names), len(self.names) - len(self._free))
+
+
+class WorkPool:
+    """Actors that share one kind of work (the Splitters): an order goes to the one with the
+    fewest orders in hand and waits in its inbox, so a busy pool queues work instead of refusing
+    it and nobody waits for a lease. Each actor says when it is done with an order."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = tuple(names)
+        self._lock = threading.Lock()
+        self._in_hand = dict.fromkeys(names, 0)
+
+    def pick(self) -> str:
+        """The least loaded actor's name, now counted with one more order."""
+        with self._lock:
+            name = min(self.names, key=self._in_hand.__getitem__)
+            self._in_hand[name] += 1
+            return name
+
+    def done(self, name: str) -> None:
+        with self._lock:
+            self._in_hand[name] = max(0, self._in_hand[name] - 1)
+
+    def reset(self, name: str) -> None:
+        """A fresh actor under ``name``: its inbox is empty (orders sent to the one before failed)."""
+        with self._lock:
+            self._in_hand[name] = 0

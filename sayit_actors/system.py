@@ -2,9 +2,13 @@
 
 | role | children |
 |---|---|
-| ``all`` | Result, Upload, DurationProbe, Dispatcher, the slots, QueueConsumer |
-| ``api_only`` | Result, Upload, DurationProbe, Dispatcher, the slots (short uploads only) |
+| ``all`` | Result, Upload, DurationProbe, Dispatcher, the Splitters, the slots, QueueConsumer |
+| ``api_only`` | Result, Upload, DurationProbe, Dispatcher, the Splitters, the slots (short uploads only) |
 | ``queue_only`` | Result, the slots, QueueConsumer |
+
+The Splitters (``SPLITTERS`` of them) decode and cut long uploads; the Dispatcher only decides
+and hands each one to the least loaded (``slots.WorkPool``). Two keep one long upload from
+holding up the next without letting decoding take every core from the slots.
 
 With callbacks configured (``SAYIT_CALLBACK_HOSTS``) every role also runs the CallbackDispatcher:
 any node sends the callbacks waiting in the outbox in Redis.
@@ -26,7 +30,8 @@ from sayit_actors.metrics import Metrics
 from sayit_actors.outbox import CallbackDispatcher
 from sayit_actors.probe import DurationProbe
 from sayit_actors.result import ResultActor
-from sayit_actors.slots import SlotPool
+from sayit_actors.slots import SlotPool, WorkPool
+from sayit_actors.splitter import Splitter
 from sayit_actors.supervisor import ChildSpec, ChildStatus, Directory, GetStatus, StartAll, Supervisor
 from sayit_actors.upload import UploadActor
 from sayit_actors.whisper import WhisperActor
@@ -39,6 +44,11 @@ DISPATCHER = "dispatcher"
 RESULT = "result"
 CONSUMER = "queue-consumer"
 CALLBACKS = "callback-dispatcher"
+SPLITTERS = 2
+
+
+def splitter_name(index: int) -> str:
+    return f"splitter-{index}"
 
 
 def slot_name(index: int) -> str:
@@ -53,6 +63,7 @@ class ActorSystem:
         self.directory = Directory()
         slots = [slot_name(i) for i in range(settings.max_concurrent_chunks)]
         self.slots = SlotPool(slots, metrics)
+        self.splitters = WorkPool([splitter_name(i) for i in range(SPLITTERS)])
         mode, limits, queue = settings.worker_mode, settings.limits, settings.queue
         self.serves_uploads = mode is not WorkerMode.QUEUE_ONLY
         self.consumes_queue = mode is not WorkerMode.API_ONLY
@@ -74,12 +85,25 @@ class ActorSystem:
                         sup,
                         name,
                         limits=limits,
-                        queue=queue,
                         silence=settings.silence,
                         profiles=settings.profiles,
                         redis_url=redis_url,
+                        slots=self.slots,
+                        splitters=self.splitters,
+                        lookup=self.directory.get,
+                        local_queue=self.consumes_queue,
                     ),
                 ),
+            ]
+            specs += [
+                ChildSpec(
+                    s,
+                    "Splitter",
+                    lambda sup, name: Splitter.start(
+                        sup, name, limits=limits, queue=queue, redis_url=redis_url, pool=self.splitters
+                    ),
+                )
+                for s in self.splitters.names
             ]
         specs += [
             ChildSpec(s, "WhisperActor", lambda sup, name: WhisperActor.start(sup, name, engine, settings.silence))
