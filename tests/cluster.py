@@ -81,8 +81,9 @@ def wait(predicate: Any, timeout_s: float, what: str) -> Any:
         time.sleep(0.1)
 
 
-def submit(cluster: Cluster, path: Path, language: str = "auto") -> str:
-    boundary = "sayit-topology"
+def multipart(path: Path, language: str) -> tuple[bytes, str]:
+    """An upload's body with its language, and its Content-Type."""
+    boundary = "sayit-cluster"
     body = (
         (
             f'--{boundary}\r\nContent-Disposition: form-data; name="language"\r\n\r\n{language}\r\n'
@@ -91,10 +92,14 @@ def submit(cluster: Cluster, path: Path, language: str = "auto") -> str:
         + path.read_bytes()
         + f"\r\n--{boundary}--\r\n".encode()
     )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def submit(cluster: Cluster, path: Path, language: str = "auto") -> str:
+    body, content_type = multipart(path, language)
     request = urllib.request.Request(
-        f"{cluster.api.url}/api/transcribe", data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )  # fmt: skip
+        f"{cluster.api.url}/api/transcribe", data=body, headers={"Content-Type": content_type}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.status == 202
         return str(json.load(response)["data"]["jobId"])

@@ -32,7 +32,7 @@ import redis
 import soundfile
 
 from sayit_actors import audio, keys
-from tests.cluster import Cluster, get, start_cluster, start_node, stop_cluster, wait
+from tests.cluster import Cluster, get, multipart, start_cluster, start_node, stop_cluster, wait
 
 pytestmark = pytest.mark.slow
 
@@ -51,19 +51,6 @@ class Tally:
     faults: list[tuple[float, str]] = field(default_factory=list)
     streams_read: int = 0
     hang_ups: int = 0
-
-
-def multipart(path: Path, language: str) -> tuple[bytes, str]:
-    boundary = "sayit-chaos"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="language"\r\n\r\n{language}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n\r\n'
-        ).encode()
-        + path.read_bytes()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 async def upload(session: aiohttp.ClientSession, url: str, path: Path, kind: str, tally: Tally) -> None:
