@@ -92,8 +92,15 @@ async def test_health_reports_the_parts(client: TestClient) -> None:
         "computeType": "int8",
     }
     kinds = sorted({a["kind"] for a in services["workers"]["actors"]})
-    assert kinds == ["Dispatcher", "DurationProbe", "QueueConsumer", "ResultActor", "Splitter", "UploadActor",
-                     "WhisperActor"]
+    assert kinds == [
+        "Dispatcher",
+        "DurationProbe",
+        "QueueConsumer",
+        "ResultActor",
+        "Splitter",
+        "UploadActor",
+        "WhisperActor",
+    ]
     assert services["workers"]["slots"] == 2 and services["workers"]["busy"] == 0
     assert body["uptime"] >= 0 and body["timestamp"]
 
