@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ import numpy as np
 import soundfile
 from common import BenchError, Row, verdict
 
-from sayit_actors import audio
+from sayit_actors import audio, textmetrics
 
 # (file, seconds to keep or None for all): multilingual.mp3 turns German after ~30 s.
 # Order matters for the bare engine: base drops stereo_diarization.wav when hotwords.mp3 follows it
@@ -216,29 +215,13 @@ def run_direct_phase(recordings: Sequence[Recording], clips: dict[str, np.ndarra
 # --- word error rate and growth ------------------------------------------------------------------
 
 
-def normalize(text: str) -> list[str]:
-    """Lower case, punctuation removed, split on whitespace."""
-    return re.sub(r"[^\w\s]", "", text.lower()).split()
-
-
-def word_errors(reference: list[str], hypothesis: list[str]) -> int:
-    """Word-level Levenshtein distance (substitutions + insertions + deletions)."""
-    previous = list(range(len(hypothesis) + 1))
-    for i, ref_word in enumerate(reference, 1):
-        current = [i]
-        for j, hyp_word in enumerate(hypothesis, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
-        previous = current
-    return previous[-1]
-
-
 def compare(
     recording: Recording, asynchronous: AsyncRun, direct: DirectRun, clip_texts: dict[str, str]
 ) -> dict[str, Any]:
     """One length's figures: the ratio of walls, and the WER of the async text against the direct one."""
-    reference, hypothesis = normalize(direct.transcription), normalize(asynchronous.transcription)
-    errors = word_errors(reference, hypothesis)
-    by_clips = normalize(" ".join(clip_texts[name] for name in recording.clips))
+    reference, hypothesis = textmetrics.words(direct.transcription), textmetrics.words(asynchronous.transcription)
+    errors = textmetrics.errors(reference, hypothesis).total
+    by_clips = textmetrics.words(" ".join(clip_texts[name] for name in recording.clips))
     return {
         "ratio": asynchronous.wall_s / direct.wall_s,
         "rtf_async": asynchronous.wall_s / recording.duration_s,
@@ -248,8 +231,8 @@ def compare(
         "reference_words": len(reference),
         "hypothesis_words": len(hypothesis),
         "clip_by_clip_words": len(by_clips),
-        "wer_async_vs_clips": word_errors(by_clips, hypothesis) / max(1, len(by_clips)),
-        "wer_direct_vs_clips": word_errors(by_clips, reference) / max(1, len(by_clips)),
+        "wer_async_vs_clips": textmetrics.errors(by_clips, hypothesis).rate,
+        "wer_direct_vs_clips": textmetrics.errors(by_clips, reference).rate,
     }
 
 

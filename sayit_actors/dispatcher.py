@@ -188,7 +188,7 @@ def options_for(
         word_timestamps=choices.word_timestamps,
         initial_prompt=choices.prompt,
         hotwords=choices.prompt,
-        vad_filter=vad,
+        vad=vad,
         no_speech_threshold=silence.no_speech_threshold,
         task=choices.task,
         **overrides,

@@ -35,7 +35,8 @@ class TranscriptionOptions:
     word_timestamps: bool = False
     initial_prompt: str | None = None
     hotwords: str | None = None
-    vad_filter: bool = False
+    vad: bool = False  # decode only audio with speech, one window per pause (see sayit_actors.silence)
+    without_timestamps: bool = False  # text only: one segment per call
     no_speech_threshold: float = 0.6
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0

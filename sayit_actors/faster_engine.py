@@ -15,7 +15,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 
 from config import EngineSettings
-from sayit_actors import model_store
+from sayit_actors import model_store, silence
 from sayit_actors.engine import (
     DETECT_SAMPLES,
     LANGUAGE_CANDIDATES,
@@ -52,6 +52,11 @@ class FasterWhisperEngine:
         self.device = device
         self.compute_type = compute_type
         self.workers = workers
+
+    @property
+    def whisper_model(self) -> WhisperModel:
+        """The loaded faster-whisper model, for comparing with faster-whisper's own pipelines."""
+        return self._model
 
     @classmethod
     def load(cls, settings: EngineSettings, workers: int) -> FasterWhisperEngine:
@@ -104,6 +109,11 @@ class FasterWhisperEngine:
         return cls(model, name, device, compute_type, workers)
 
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
+        return silence.transcribe(self._decode, audio, options)
+
+    def _decode(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
+        """One faster-whisper call on all of ``audio`` (its own Silero filter is never used: it
+        joins the speech of a chunk into one window, and Whisper stops after the first passage)."""
         segments_iter, info = self._model.transcribe(
             audio,
             language=options.language,
@@ -116,10 +126,10 @@ class FasterWhisperEngine:
             word_timestamps=options.word_timestamps,
             initial_prompt=options.initial_prompt,
             hotwords=options.hotwords,
-            vad_filter=options.vad_filter,  # Silero VAD, bundled with faster-whisper
             no_speech_threshold=options.no_speech_threshold,
             compression_ratio_threshold=options.compression_ratio_threshold,
             log_prob_threshold=options.log_prob_threshold,
+            without_timestamps=options.without_timestamps,
         )
         segments = tuple(
             Segment(

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from config import EngineSettings
+from sayit_actors import silence
 from sayit_actors.engine import (
     DETECT_SAMPLES,
     LANGUAGE_CANDIDATES,
@@ -143,6 +144,10 @@ class MlxEngine:
         return cls(mlx_whisper, folder, settings.model, device, compute_type, workers)
 
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
+        return silence.transcribe(self._decode, audio, options)
+
+    def _decode(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
+        """One mlx-whisper call on all of ``audio``."""
         result = _MLX.call(
             self._mlx_whisper.transcribe,
             audio,
@@ -158,6 +163,7 @@ class MlxEngine:
             no_speech_threshold=options.no_speech_threshold,
             compression_ratio_threshold=options.compression_ratio_threshold,
             logprob_threshold=options.log_prob_threshold,
+            without_timestamps=options.without_timestamps,
             fp16=self.compute_type == "float16",
         )
         segments = tuple(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,4 +71,44 @@ def test_a_repeated_token_over_silence_is_dropped(jfk_then_silence: np.ndarray) 
 def test_the_silence_settings_reach_the_decoding_options(vad: str, queued: bool, filtered: bool) -> None:
     silence_settings = SilenceSettings(vad=vad, no_speech_threshold=0.45)
     options = options_for(load_profiles()["ko"], Choices(), silence_settings, queued=queued)
-    assert options.vad_filter is filtered and options.no_speech_threshold == 0.45
+    assert options.vad is filtered and options.no_speech_threshold == 0.45
+
+
+def test_windows_cover_the_whole_chunk_and_cut_only_long_pauses(corpus: Path) -> None:
+    speech = audio.decode(corpus / "jfk.flac")  # its own pauses are shorter than PAUSE_S
+    samples = np.concatenate([speech, np.zeros(3 * audio.SAMPLE_RATE, np.float32), speech])
+    spans = silence.windows(samples)
+    assert len(spans) == 2 and spans[0][0] == 0.0 and spans[-1][1] == samples.size / audio.SAMPLE_RATE
+    assert spans[0][1] == spans[1][0] and 11.0 < spans[0][1] < 14.0  # in the pause, nothing left out
+    assert silence.windows(np.zeros(20 * audio.SAMPLE_RATE, np.float32)) == []
+
+
+def test_a_chunk_without_speech_is_not_decoded() -> None:
+    calls: list[int] = []
+
+    def decode(samples: np.ndarray, options: TranscriptionOptions) -> Transcript:
+        calls.append(samples.size)
+        raise AssertionError("decoded")
+
+    options = replace(TranscriptionOptions.from_profile(load_profiles()["ko"]), vad=True)
+    rng = np.random.default_rng(0)
+    for quiet in (np.zeros(30 * audio.SAMPLE_RATE), rng.normal(0, 0.003, 30 * audio.SAMPLE_RATE)):
+        result = silence.transcribe(decode, quiet.astype(np.float32), options)
+        assert result.text == "" and result.segments == () and result.language == "ko" and result.duration_s == 30
+    assert calls == []
+
+
+def test_each_window_finds_its_own_language_on_the_chunk_clock(corpus: Path, engine) -> None:  # type: ignore[no-untyped-def]
+    english, korean = audio.decode(corpus / "jfk.flac"), audio.decode(corpus / "ko" / "leopard_test_ko.wav")
+    samples = np.concatenate([english, np.zeros(2 * audio.SAMPLE_RATE, np.float32), korean])
+    options = options_for(load_profiles()["auto"], Choices(), SilenceSettings(vad="long"), queued=True)
+    result = engine.transcribe(samples, options)
+    assert "ask not what your country" in silence.normalize(result.text) and "피하면서" in result.text
+    korean_segments = [s for s in result.segments if "피하면서" in s.text]
+    assert korean_segments and korean_segments[0].start >= 11.0 and result.segments[-1].end <= 17.5
+    assert result.language == "en"  # heard longest
+
+
+def test_bare_punctuation_over_silence_is_dropped(jfk_then_silence: np.ndarray) -> None:
+    dots = Segment(12.0, 20.0, ". . . . .")
+    assert silence.drop_invented(transcript(dots), jfk_then_silence, INVENTED_PHRASES)[1] == 1
