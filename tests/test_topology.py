@@ -60,15 +60,23 @@ def test_a_long_recording_is_shared_by_the_nodes(cluster: Cluster, recordings: d
 
 
 def test_a_poisoned_job_fails_while_its_neighbours_complete(cluster: Cluster, recordings: dict[str, Path]) -> None:
-    busy = submit(cluster, recordings["long"], "en")  # keeps every slot busy for a while
-    poisoned = submit(cluster, recordings["multilingual"])
+    busy = [submit(cluster, recordings["long"], "en")]
     r = cluster.client()
-    for index in range(3):  # before any worker reaches them: the chunks can never be transcribed
-        r.set(keys.chunk_audio(poisoned, index), b"not audio")
+    # The queue nodes are stopped (SIGSTOP) while the job is made and its chunk audio spoiled, so
+    # that no worker can reach a chunk first; they go on (SIGCONT) right after.
+    for node in cluster.queue.values():
+        node.process.send_signal(signal.SIGSTOP)
+    try:
+        poisoned = submit(cluster, recordings["multilingual"])
+        for index in range(3):  # the chunks can never be transcribed
+            r.set(keys.chunk_audio(poisoned, index), b"not audio")
+    finally:
+        for node in cluster.queue.values():
+            node.process.send_signal(signal.SIGCONT)
     beside = submit(cluster, recordings["mixed"], "en")
     failed = finished(cluster, poisoned)
     assert failed["status"] == "failed" and "failed 2 times" in failed["error"]["message"]
-    assert finished(cluster, busy)["status"] == "completed"
+    assert all(finished(cluster, job)["status"] == "completed" for job in busy)
     assert finished(cluster, beside)["status"] == "completed"
     assert r.xlen(keys.DEAD_LETTERS) >= 1
 
