@@ -1,5 +1,5 @@
-"""Long recordings of known text through the job path: every passage kept, once, and at least as
-accurate as faster-whisper's own ``BatchedInferencePipeline`` on the same file with the same model.
+"""Long recordings of known text through the job path: every passage kept, once, and within half a
+point of faster-whisper's own ``BatchedInferencePipeline`` on the same file with the same model.
 
 The recordings are built from the corpus: passages of known text with pauses of 0.3–2 s of
 varying (seeded) lengths between them, so that chunk cuts fall in pauses and inside passages,
