@@ -54,37 +54,13 @@ from common import BenchError
 
 from sayit_actors import audio
 from sayit_actors.textmetrics import Errors, align, characters, errors, words
+from tests import known_speech
+from tests.known_speech import JFK, PAUSES_S, SR, Passage, Placed, assemble
 
-SR = audio.SAMPLE_RATE
 POLL_S = 0.1
 FOUND = 0.6
-JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-# The first 30 s of multilingual.mp3: the MIT license as read (the reader skips '(the "Software")').
-LICENSE = (
-    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
-    "associated documentation files to deal in the Software without restriction, including "
-    "without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell "
-    "copies of the Software, and to permit persons to whom the Software is furnished to do so, subject to the "
-    "following conditions: The above copyright notice and this permission notice shall be included in all "
-    "copies or substantial portions of the Software."
-)
-GERMAN = (
-    "Jedem, der diese Software und die dazu gehörigen Dokumentationsdateien erhält, wird hiermit unentgeltlich "
-    "die Genehmigung erteilt, mit der Software uneingeschränkt zu verfahren. Dies umfasst insbesondere das Recht, "
-    "die Software zu verwenden, zu vervielfältigen, zu modifizieren, zusammenzufügen, zu veröffentlichen, zu "
-    "verteilen, unterzulizenzieren und/oder Kopien der Software zu verkaufen und diese Rechte unter folgenden "
-    "Bedingungen anderen zu übertragen."
-)
-KOREAN = "그는 이리저리 피하면서 길 한 옆으로 걸어갔다."
 VAD_SETTINGS = ("off", "long", "all")
 NOISES = ("silence", "white noise", "speech-shaped noise", "music")
-
-
-@dataclass(frozen=True)
-class Passage:
-    name: str
-    samples: np.ndarray
-    text: str
 
 
 @dataclass
@@ -93,7 +69,7 @@ class Recording:
     label: str
     language: str  # as uploaded: en, ko or auto
     samples: np.ndarray
-    placed: list[tuple[float, Passage]]
+    placed: Placed
     wav: Path | None = None
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -109,37 +85,11 @@ class Recording:
 # --- recordings ----------------------------------------------------------------------------------
 
 
-def corpus_passages() -> dict[str, Passage]:
-    multilingual = audio.decode(common.CORPUS / "multilingual.mp3")
-    return {
-        "license": Passage("license", multilingual[: 30 * SR], LICENSE),
-        "german": Passage("german", multilingual[30 * SR :], GERMAN),
-        "jfk": Passage("jfk", audio.decode(common.CORPUS / "jfk.flac"), JFK),
-        "korean": Passage("korean", audio.decode(common.CORPUS / "ko" / "leopard_test_ko.wav"), KOREAN),
-    }
-
-
 def build(
     name: str, label: str, language: str, units: Sequence[Sequence[Passage | np.ndarray]], count: int, seed: int,
-    pauses: tuple[float, float] = (0.3, 2.0),
+    pauses: tuple[float, float] = PAUSES_S,
 ) -> Recording:  # fmt: skip
-    """``count`` units in turn (passages, or stretches of noise, back to back), each followed by a
-    pause of a length drawn from ``pauses``."""
-    rng = np.random.default_rng(seed)
-    parts: list[np.ndarray] = []
-    placed: list[tuple[float, Passage]] = []
-    at = 0
-    for index in range(count):
-        for part in units[index % len(units)]:
-            if isinstance(part, Passage):
-                placed.append((at / SR, part))
-                part = part.samples
-            parts.append(part)
-            at += part.size
-        pause = np.zeros(round(rng.uniform(*pauses) * SR), np.float32)
-        parts.append(pause)
-        at += pause.size
-    return Recording(name, label, language, np.concatenate(parts), placed)
+    return Recording(name, label, language, *assemble(units, count, seed, pauses))
 
 
 def noises(seed: int, speech: np.ndarray) -> dict[str, Callable[[float], np.ndarray]]:
@@ -501,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    passages = corpus_passages()
+    passages = known_speech.passages(common.CORPUS)
     known, gaps, short = recordings(passages)
     with common.workspace() as folder:
         for recording in [*known, gaps]:

@@ -31,7 +31,6 @@ from tests.clips import encode
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 DATA = Path(__file__).resolve().parent / "data"
 SLOTS = 2
-JFK = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 
 
 @pytest.fixture(scope="session", autouse=True)

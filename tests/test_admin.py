@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient
 
 from config import Settings
 from tests.clips import normalized
-from tests.conftest import JFK, wait_for_job
+from tests.conftest import wait_for_job
+from tests.known_speech import JFK
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from config import Limits, Settings
 from tests.clips import normalized
-from tests.conftest import JFK
+from tests.known_speech import JFK
 
 
 def form(

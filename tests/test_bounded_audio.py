@@ -27,7 +27,7 @@ from sayit_actors.engine import DETECT_S
 from sayit_actors.errors import AudioTooLong, QueueFull, UndecodableAudio
 from sayit_actors.jobstore import JobStore
 from tests.clips import normalized
-from tests.conftest import JFK
+from tests.known_speech import JFK
 from tests.processes import serve
 
 HOUR = 3600

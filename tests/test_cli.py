@@ -15,7 +15,7 @@ import pytest
 
 from sayit_actors.redis_server import free_port
 from tests.clips import normalized
-from tests.conftest import JFK
+from tests.known_speech import JFK
 from tests.processes import node_env, serve
 
 

@@ -16,7 +16,8 @@ import redis
 from sayit_actors import client, keys
 from sayit_actors.redis_server import free_port
 from tests.clips import normalized
-from tests.conftest import CORPUS, JFK
+from tests.conftest import CORPUS
+from tests.known_speech import JFK
 from tests.processes import node_env, serve
 
 ASK_NOT = "ask not what your country can do for you"

@@ -28,7 +28,8 @@ from config import ApiSettings, Settings
 from sayit_actors import audio, keys
 from sayit_actors.callbacks import SIGNATURE_HEADER
 from tests.clips import normalized
-from tests.conftest import DATA, JFK, wait_for_job
+from tests.conftest import DATA, wait_for_job
+from tests.known_speech import JFK
 
 pytestmark = pytest.mark.slow
 ENGLISH = "permission is hereby granted free of charge"

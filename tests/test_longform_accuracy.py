@@ -34,46 +34,18 @@ from sayit_actors.engine import TranscriptionOptions
 from sayit_actors.faster_engine import FasterWhisperEngine
 from sayit_actors.silence import drop_invented
 from sayit_actors.textmetrics import Errors, align, characters, errors, words
-from tests.conftest import JFK, wait_for_job
+from tests import known_speech
+from tests.conftest import wait_for_job
+from tests.known_speech import PAUSES_S, SR, Passage, assemble
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-SR = audio.SAMPLE_RATE
-# The first 30 s of multilingual.mp3: the MIT license as read (the reader skips '(the "Software")').
-LICENSE = (
-    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
-    "associated documentation files to deal in the Software without restriction, including "
-    "without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell "
-    "copies of the Software, and to permit persons to whom the Software is furnished to do so, subject to the "
-    "following conditions: The above copyright notice and this permission notice shall be included in all "
-    "copies or substantial portions of the Software."
-)
-# The German half of multilingual.mp3: the license's German translation as read.
-GERMAN = (
-    "Jedem, der diese Software und die dazu gehörigen Dokumentationsdateien erhält, wird hiermit unentgeltlich "
-    "die Genehmigung erteilt, mit der Software uneingeschränkt zu verfahren. Dies umfasst insbesondere das Recht, "
-    "die Software zu verwenden, zu vervielfältigen, zu modifizieren, zusammenzufügen, zu veröffentlichen, zu "
-    "verteilen, unterzulizenzieren und/oder Kopien der Software zu verkaufen und diese Rechte unter folgenden "
-    "Bedingungen anderen zu übertragen."
-)
-KOREAN = "그는 이리저리 피하면서 길 한 옆으로 걸어갔다."
-PAUSES_S = (0.3, 2.0)
 MARGIN = 0.005  # half a point of error rate over the batched pipeline's
 FOUND = 0.6  # a passage is heard when this share of its words is, in place
 NEAR_SEAM_S = 0.5  # words this close to a chunk seam must each be heard once
 JOB_WAIT_S = 600.0
 
 Tokenize = Callable[[str], list[str]]
-
-
-@dataclass(frozen=True)
-class Passage:
-    """A stretch of the corpus and its known text."""
-
-    name: str
-    samples: np.ndarray
-    text: str
-    language: str
 
 
 @dataclass(frozen=True)
@@ -92,32 +64,12 @@ class Recording:
 def build(
     units: Sequence[Sequence[Passage]], count: int, seed: int, pauses: tuple[float, float] = PAUSES_S
 ) -> Recording:
-    """``count`` units in turn (a unit: passages back to back), each followed by a pause of a length
-    drawn from ``pauses``."""
-    rng = np.random.default_rng(seed)
-    parts: list[np.ndarray] = []
-    placed: list[tuple[float, Passage]] = []
-    at = 0
-    for index in range(count):
-        for passage in units[index % len(units)]:
-            placed.append((at / SR, passage))
-            parts.append(passage.samples)
-            at += passage.samples.size
-        pause = np.zeros(round(rng.uniform(*pauses) * SR), np.float32)
-        parts.append(pause)
-        at += pause.size
-    return Recording(np.concatenate(parts), tuple(placed))
+    return Recording(*assemble(units, count, seed, pauses))
 
 
 @pytest.fixture(scope="module")
 def passages(corpus: Path) -> dict[str, Passage]:
-    multilingual = audio.decode(corpus / "multilingual.mp3")
-    return {
-        "license": Passage("license", multilingual[: 30 * SR], LICENSE, "en"),
-        "german": Passage("german", multilingual[30 * SR :], GERMAN, "de"),
-        "jfk": Passage("jfk", audio.decode(corpus / "jfk.flac"), JFK, "en"),
-        "korean": Passage("korean", audio.decode(corpus / "ko" / "leopard_test_ko.wav"), KOREAN, "ko"),
-    }
+    return known_speech.passages(corpus)
 
 
 @pytest.fixture(scope="module")

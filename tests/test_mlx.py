@@ -18,7 +18,8 @@ from sayit_actors.engine import EngineUnavailable, TranscriptionOptions, create_
 from sayit_actors.mlx_convert import ConversionError, convert, read_ct2
 from sayit_actors.model_store import bundled_files
 from sayit_actors.textmetrics import word_error_rate
-from tests.conftest import JFK, SLOTS
+from tests.conftest import SLOTS
+from tests.known_speech import JFK
 
 ENGINES_MAX_WER = 0.25  # between the two engines' greedy transcripts of one clip
 

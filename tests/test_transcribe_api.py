@@ -16,7 +16,8 @@ from config import Limits, Settings, WorkerMode
 from sayit_actors import keys
 from sayit_actors.result import today
 from tests.clips import normalized
-from tests.conftest import DATA, JFK, SLOTS, wait_for_job
+from tests.conftest import DATA, SLOTS, wait_for_job
+from tests.known_speech import JFK
 
 pytestmark = pytest.mark.slow
 
