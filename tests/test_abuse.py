@@ -27,6 +27,7 @@ from sayit_actors import audio, keys
 from sayit_actors.metrics import Metrics
 from sayit_actors.supervisor import ChildSpec, Directory, StartAll, Supervisor
 from sayit_actors.upload import INCOMING, UploadActor
+from tests.forms import upload
 
 BOUNDARY = "sayit-test-boundary"
 JOB_KEY = re.compile(rb"^sayit:job:[0-9a-f]{32}$")
@@ -84,14 +85,6 @@ async def until(check: Callable[[], bool | Awaitable[bool]], within_s: float, wh
 def temp_files(settings: Settings) -> list[Path]:
     folder = settings.upload_dir / INCOMING
     return [p for p in folder.iterdir() if p.is_file()] if folder.exists() else []
-
-
-def upload(path: Path, **fields: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("file", path.read_bytes(), filename=path.name)
-    for name, value in fields.items():
-        form.add_field(name, value)
-    return form
 
 
 async def job_keys(redis_url: str) -> list[bytes]:

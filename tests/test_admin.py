@@ -7,13 +7,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from config import Settings
 from tests.clips import normalized
 from tests.conftest import wait_for_job
+from tests.forms import upload
 from tests.known_speech import JFK
 
 TOKEN = "s3cret-admin-token"
@@ -23,13 +23,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 async def admin_client(make_client, settings: Settings) -> TestClient:  # type: ignore[no-untyped-def]
     return await make_client(replace(settings, admin_token=TOKEN))
-
-
-def upload(path: Path, language: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("file", path.read_bytes(), filename=path.name)
-    form.add_field("language", language)
-    return form
 
 
 async def test_no_token_configured_means_no_admin_routes(client: TestClient) -> None:
@@ -63,7 +56,7 @@ async def test_list_and_unknown_actor(admin_client: TestClient) -> None:
 async def test_restarting_a_busy_whisper_actor_loses_no_work(
     admin_client: TestClient, corpus: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    response = await admin_client.post("/api/transcribe", data=upload(corpus / "multilingual.mp3", "auto"))
+    response = await admin_client.post("/api/transcribe", data=upload(corpus / "multilingual.mp3", language="auto"))
     job_id = (await response.json())["data"]["jobId"]
     busy = None
     for _ in range(300):  # wait until a slot is transcribing a chunk of the job
@@ -83,7 +76,7 @@ async def test_restarting_a_busy_whisper_actor_loses_no_work(
     assert data["status"] == "completed" and [c["index"] for c in data["chunks"]] == [0, 1, 2]
     metrics = await (await admin_client.get("/metrics")).text()
     assert f'sayit_actor_restarts_total{{actor="{busy["name"]}"}} 1.0' in metrics
-    response = await admin_client.post("/api/transcribe", data=upload(corpus / "jfk.flac", "en"))
+    response = await admin_client.post("/api/transcribe", data=upload(corpus / "jfk.flac", language="en"))
     assert response.status == 200
     assert normalized((await response.json())["data"]["transcription"]) == normalized(JFK)
 

@@ -13,17 +13,14 @@ from aiohttp.test_utils import TestClient
 
 from config import Limits, Settings
 from tests.clips import normalized
+from tests.forms import upload
 from tests.known_speech import JFK
 
 
 def form(
     payload: bytes, filename: str = "clip.wav", content_type: str = "audio/wav", **fields: str
 ) -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    data.add_field("file", payload, filename=filename, content_type=content_type)
-    for name, value in fields.items():
-        data.add_field(name, value)
-    return data
+    return upload(payload, filename, content_type, **fields)
 
 
 async def expect_error(response: aiohttp.ClientResponse, status: int, code: str) -> dict:

@@ -27,6 +27,7 @@ from sayit_actors.engine import DETECT_S
 from sayit_actors.errors import AudioTooLong, QueueFull, UndecodableAudio
 from sayit_actors.jobstore import JobStore
 from tests.clips import normalized
+from tests.forms import upload
 from tests.known_speech import JFK
 from tests.processes import serve
 
@@ -62,14 +63,6 @@ def cut_short(path: Path, share: float) -> Path:
     data = path.read_bytes()
     out.write_bytes(data[: int(len(data) * share)])
     return out
-
-
-def upload(path: Path, **fields: str) -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    data.add_field("file", path.read_bytes(), filename=path.name)
-    for name, value in fields.items():
-        data.add_field(name, value)
-    return data
 
 
 async def expect_error(response: aiohttp.ClientResponse, status: int, code: str) -> dict:

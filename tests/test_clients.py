@@ -29,6 +29,7 @@ from sayit_actors import audio, keys
 from sayit_actors.callbacks import SIGNATURE_HEADER
 from tests.clips import normalized
 from tests.conftest import DATA, wait_for_job
+from tests.forms import upload
 from tests.known_speech import JFK
 
 pytestmark = pytest.mark.slow
@@ -47,14 +48,6 @@ async def sdk(client: TestClient) -> AsyncIterator[openai.AsyncOpenAI]:
     """The official OpenAI client pointed at a running SayIt."""
     async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0) as sdk:
         yield sdk
-
-
-def upload(path: Path, **fields: str) -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    data.add_field("file", path.read_bytes(), filename=path.name)
-    for name, value in fields.items():
-        data.add_field(name, value)
-    return data
 
 
 def job_count(settings: Settings) -> int:

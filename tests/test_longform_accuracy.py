@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import pytest
 import soundfile
@@ -36,6 +35,7 @@ from sayit_actors.silence import drop_invented
 from sayit_actors.textmetrics import Errors, align, characters, errors, words
 from tests import known_speech
 from tests.conftest import wait_for_job
+from tests.forms import upload
 from tests.known_speech import PAUSES_S, SR, Passage, assemble
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -119,15 +119,8 @@ def alone(engine: FasterWhisperEngine, recording: Recording, language: str, sett
     return " ".join(texts[passage.name] for _, passage in recording.placed)
 
 
-def upload(path: Path, language: str) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("file", path.read_bytes(), filename=path.name)
-    form.add_field("language", language)
-    return form
-
-
 async def transcribe_job(client: TestClient, path: Path, language: str) -> dict:
-    response = await client.post("/api/transcribe", data=upload(path, language))
+    response = await client.post("/api/transcribe", data=upload(path, language=language))
     body = await response.json()
     assert response.status == 202, body
     data = await wait_for_job(client, body["data"]["jobId"], timeout_s=JOB_WAIT_S)

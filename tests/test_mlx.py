@@ -7,7 +7,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
@@ -19,6 +18,7 @@ from sayit_actors.mlx_convert import ConversionError, convert, read_ct2
 from sayit_actors.model_store import bundled_files
 from sayit_actors.textmetrics import word_error_rate
 from tests.conftest import SLOTS
+from tests.forms import upload
 from tests.known_speech import JFK
 
 ENGINES_MAX_WER = 0.25  # between the two engines' greedy transcripts of one clip
@@ -129,14 +129,7 @@ def test_the_two_engines_detect_the_same_language(mlx_engine, engine, corpus: Pa
         assert [lang for lang, _ in mlx_guess.candidates][:2] == [lang for lang, _ in ct2_guess.candidates][:2]
 
 
-def _form(path: Path) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("file", path.read_bytes(), filename=path.name)
-    form.add_field("language", "en")
-    return form
-
-
 async def _post(client: TestClient, path: Path) -> dict:
-    response = await client.post("/api/transcribe", data=_form(path))
+    response = await client.post("/api/transcribe", data=upload(path, language="en"))
     assert response.status == 200, await response.text()
     return (await response.json())["data"]

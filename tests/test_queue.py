@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import aiohttp
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
@@ -18,21 +17,15 @@ from sayit_actors.jobstore import JobStore
 from sayit_actors.result import today
 from tests.clips import normalized
 from tests.conftest import wait_for_job
+from tests.forms import upload
 
 pytestmark = pytest.mark.slow
 ENGLISH = "permission is hereby granted free of charge"
 GERMAN = "der diese software und die dazu"
 
 
-def upload(path: Path, language: str = "auto") -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    data.add_field("file", path.read_bytes(), filename=path.name)
-    data.add_field("language", language)
-    return data
-
-
 async def submit(client: TestClient, path: Path, language: str = "auto") -> dict:
-    response = await client.post("/api/transcribe", data=upload(path, language))
+    response = await client.post("/api/transcribe", data=upload(path, language=language))
     body = await response.json()
     assert response.status == 202, body
     return body["data"]
@@ -84,7 +77,7 @@ async def test_unknown_job_is_404(client: TestClient) -> None:
 
 async def test_queue_full_refuses_new_jobs_and_writes_nothing(make_client, settings: Settings, corpus: Path) -> None:  # type: ignore[no-untyped-def]
     client = await make_client(replace(settings, queue=replace(settings.queue, max_queued_audio_s=45)))
-    response = await client.post("/api/transcribe", data=upload(corpus / "multilingual.mp3"))
+    response = await client.post("/api/transcribe", data=upload(corpus / "multilingual.mp3", language="auto"))
     body = await response.json()
     assert response.status == 503 and body["error"]["code"] == "QUEUE_FULL"
     assert int(response.headers["Retry-After"]) > 0

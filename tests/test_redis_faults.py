@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psutil
 import pytest
 import redis
@@ -35,16 +34,11 @@ from sayit_actors.redis_server import (
     stop_leftover,
 )
 from tests.conftest import wait_for_job
+from tests.forms import upload
 from tests.processes import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGLISH = "permission is hereby granted free of charge"
-
-
-def upload(path: Path) -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    data.add_field("file", path.read_bytes(), filename=path.name)
-    return data
 
 
 async def submit(client: TestClient, path: Path) -> str:

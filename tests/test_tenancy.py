@@ -26,6 +26,7 @@ from sayit_actors.audio import decode
 from sayit_actors.chunking import split
 from sayit_actors.errors import QueueFull
 from sayit_actors.jobstore import JobStore, Owner
+from tests import forms
 
 ALPHA, BETA = "sk-alpha-0f3c9a71e2", "sk-beta-77d1b0c4aa"
 A = {"Authorization": f"Bearer {ALPHA}"}
@@ -41,12 +42,7 @@ def tenants(settings: Settings, **changes: Any) -> Settings:
 
 
 def upload(path: Path, filename: str | None = None, **fields: str) -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    data.add_field("file", path.read_bytes(), filename=filename or path.name)
-    data.add_field("language", "en")
-    for name, value in fields.items():
-        data.add_field(name, value)
-    return data
+    return forms.upload(path, filename, language="en", **fields)
 
 
 async def post(client: TestClient, path: Path, headers: dict[str, str], **fields: str) -> tuple[int, dict[str, Any]]:

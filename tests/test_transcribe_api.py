@@ -17,17 +17,14 @@ from sayit_actors import keys
 from sayit_actors.result import today
 from tests.clips import normalized
 from tests.conftest import DATA, SLOTS, wait_for_job
+from tests.forms import upload
 from tests.known_speech import JFK
 
 pytestmark = pytest.mark.slow
 
 
 def form(path: Path, language: str | None = None, content_type: str = "application/octet-stream") -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    data.add_field("file", path.read_bytes(), filename=path.name, content_type=content_type)
-    if language is not None:
-        data.add_field("language", language)
-    return data
+    return upload(path, content_type=content_type, **({} if language is None else {"language": language}))
 
 
 async def post(client: TestClient, path: Path, language: str | None = None, **headers: str) -> tuple[int, dict]:
