@@ -170,6 +170,11 @@ class QueueConsumer(SupervisedActor):
             else:
                 self._schedule_poll(self._outage.failed(exc))
             return
+        except Exception:
+            # Bad data in one step (a malformed task, say) is dropped and counted by the base class;
+            # the loop must go on, or the node would stop taking work while it looks alive.
+            self._schedule_poll(self._q.poll_s)
+            raise
         self._outage.ok()
         self._schedule_poll(0 if took else (self._q.poll_s if self._free_slots() == 0 or self._draining else 0))
 
@@ -271,6 +276,9 @@ class QueueConsumer(SupervisedActor):
             raise
         if flac is None:
             self._slots.release(slot)
+            if self.store.has_result(task):  # a copy handed back after its first delivery was recorded
+                self.store.ack(delivery)
+                return
             self._tell_result(ChunkFailure(delivery, f"chunk {task.index} audio is missing"))
             return
         options = _stored_options(stored)  # computed once by the Dispatcher, when the job was made

@@ -332,19 +332,35 @@ class JobStore:
             return None
         chunks = [json.loads(raw[k]) for k in sorted(raw, key=lambda k: int(k))]
         result = merge(chunks)
-        ttl = self.q.result_ttl_s
-        first = job.get("status") != "completed"
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.set(keys.job_result(job_id), json.dumps(result), ex=ttl)
-            pipe.hset(keys.job(job_id), mapping={"status": "completed", "finished_at": now_ms()})
-            self._queue_callback(keys=[keys.job(job_id), keys.CALLBACKS], args=[job_id], client=pipe)
-            if first:
-                pipe.xadd(keys.job_events(job_id), {"type": "completed", "done": job["total"], "total": job["total"]})
-            for key in (keys.job(job_id), keys.chunk_results(job_id), keys.chunk_attempts(job_id),
-                        keys.job_events(job_id)):  # fmt: skip
-                pipe.expire(key, ttl)
-            pipe.execute()
+            # Several nodes may merge one job at once (its last writer, and a status read that found it
+            # unmerged): the job's status is watched, so exactly one of them writes the completed event.
+            while True:
+                try:
+                    pipe.watch(keys.job(job_id))
+                    status = pipe.hget(keys.job(job_id), "status")
+                    if status in (None, b"failed"):
+                        return None
+                    self._write_merge(pipe, job_id, job["total"], result, first=status != b"completed")
+                    break
+                except redis.WatchError:
+                    continue
         return result
+
+    def _write_merge(
+        self, pipe: redis.client.Pipeline, job_id: str, total: str, result: dict[str, Any], first: bool
+    ) -> None:
+        ttl = self.q.result_ttl_s
+        pipe.multi()
+        pipe.set(keys.job_result(job_id), json.dumps(result), ex=ttl)
+        pipe.hset(keys.job(job_id), mapping={"status": "completed", "finished_at": now_ms()})
+        self._queue_callback(keys=[keys.job(job_id), keys.CALLBACKS], args=[job_id], client=pipe)
+        if first:
+            pipe.xadd(keys.job_events(job_id), {"type": "completed", "done": total, "total": total})
+        for key in (keys.job(job_id), keys.chunk_results(job_id), keys.chunk_attempts(job_id),
+                    keys.job_events(job_id)):  # fmt: skip
+            pipe.expire(key, ttl)
+        pipe.execute()
 
     def queue_callback(self, job_id: str) -> bool:
         """Put the ended job's callback in the outbox (``finish`` does it in its own step); True if
@@ -433,6 +449,10 @@ class JobStore:
 
     def move_due_retries(self) -> int:
         return int(self._move_due(keys=[keys.RETRIES, keys.CHUNKS], args=[now_ms()]))
+
+    def has_result(self, task: Task) -> bool:
+        """Whether the task's chunk is already transcribed (its audio is deleted then)."""
+        return bool(self.r.hexists(keys.chunk_results(task.job_id), str(task.index)))
 
     def chunk_audio(self, task: Task) -> bytes | None:
         data = self.r.get(keys.chunk_audio(task.job_id, task.index))

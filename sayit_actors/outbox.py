@@ -144,6 +144,9 @@ class CallbackDispatcher(SupervisedActor):
             else:
                 self._schedule(self._outage.failed(exc))
             return
+        except Exception:
+            self._schedule(self._poll_s)  # bad data is dropped and counted; the loop goes on
+            raise
         self._outage.ok()
         self._schedule(0 if took and len(self._held) < CAPACITY else self._poll_s)
 

@@ -154,6 +154,9 @@ class WhisperActor(SupervisedActor):
         except EngineFailure:
             _reply(msg, ChunkFailed(msg.delivery, self.name, "engine failure"))
             return
+        except Exception as exc:  # the consumer must hear of every chunk it sent, or its slot stays taken
+            _reply(msg, ChunkFailed(msg.delivery, self.name, f"transcription failed ({type(exc).__name__})"))
+            raise
         t = done.transcript
         result = {
             "start_s": msg.delivery.task.start_ms / 1000,
