@@ -47,6 +47,12 @@ class Caller:
         if self.gone:
             raise ServiceUnavailable("the request ended before its work began")
 
+    def abandon(self, job_id: str) -> None:
+        """``job_id`` was committed but never created: the request has no job after all."""
+        with self._lock:
+            if self._job_id == job_id:
+                self._job_id = None
+
     def commit(self, job_id: str) -> None:
         """Make ``job_id`` this caller's job, about to be created; raise (make no job) if it is gone."""
         with self._lock:

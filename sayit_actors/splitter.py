@@ -106,14 +106,18 @@ class Splitter(SupervisedActor):
                     options=order.options.to_dict(),
                 )  # fmt: skip
             except BaseException:
-                self._drop_audio(job_id, len(spans))
+                if not self._drop_audio(job_id, len(spans)):
+                    msg.caller.abandon(job_id)  # e.g. QueueFull from the create script's own check
                 raise
         return Plan(Mode.ASYNC, order.options, JobTicket(job_id, len(spans)))
 
-    def _drop_audio(self, job_id: str, chunks: int) -> None:
-        """Delete what a failed job wrote; if Redis is out of reach, the audio expires on its own."""
+    def _drop_audio(self, job_id: str, chunks: int) -> bool:
+        """Delete what a failed job wrote; True if the job exists all the same (its create went through
+        before the failure). If Redis is out of reach, the audio expires on its own."""
         assert self._jobs is not None
         try:
             self._jobs.drop_chunk_audio(job_id, chunks)
+            return self._jobs.get(job_id) is not None
         except redis.RedisError as exc:
             log.warning("chunk audio of job %s not deleted (%s): it expires in its pending TTL", job_id, exc)
+            return True  # unknown: the request keeps the job id it may have
