@@ -20,7 +20,6 @@ from aiohttp import BodyPartReader, web
 from config import Settings
 from http_edge import limits
 from http_edge.keys import ADMISSION
-from http_edge.middlewares import error_response
 from sayit_actors import errors
 from sayit_actors.upload import IncomingFile
 
@@ -63,22 +62,15 @@ class Form:
 
 
 def upload_route(handler: Handler) -> Handler:
-    """A route that takes an upload: counted against its client's rate limits, then one of at
-    most SAYIT_MAX_UPLOADS_IN_FLIGHT on the node, from its first byte read to its answer; past
-    either, refused (429, 503) before its body is read. Its answer carries the RateLimit headers."""
+    """A route that takes an upload: one of at most SAYIT_MAX_UPLOADS_IN_FLIGHT on the node (503
+    beyond), then counted against its client's rate limits (429 beyond), both before its body is
+    read. Its answer, whatever it is, carries the RateLimit headers (``middlewares.add_headers``)."""
 
     @functools.wraps(handler)
     async def admitted(request: web.Request) -> web.Response:
-        try:
-            quota = await limits.take_upload(request)
-            with request.app[ADMISSION].uploads.entered():
-                response = await handler(request)
-        except limits.Refused as refused:  # rendered here: the error middleware knows no RateLimit headers
-            response = error_response(request, refused)
-            quota = refused.quota
-        if quota is not None:
-            response.headers.update(quota.headers())
-        return response
+        with request.app[ADMISSION].uploads.entered():
+            await limits.take_upload(request)
+            return await handler(request)
 
     return admitted
 

@@ -26,3 +26,5 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # The caller's tenant: the name of its API key (``config.settings.key_entry``), never the key itself.
 # Set by the API-key middleware when keys are configured; absent without them (one user).
 TENANT = web.RequestKey("tenant", str)
+# The RateLimit-* headers of the limit a request was counted against: every answer to it carries them.
+RATE_LIMIT = web.RequestKey("rate_limit", dict)

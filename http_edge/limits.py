@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from http_edge.keys import REDIS, SETTINGS, TENANT
+from http_edge.keys import RATE_LIMIT, REDIS, SETTINGS, TENANT
 from sayit_actors import errors, keys
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ async def take_upload(request: web.Request) -> Quota | None:
         return None
     taken, used, reset_s = await _take(request, "requests", limit, 1, MINUTE_MS)
     quota = Quota(limit, limit - used, reset_s)
+    request[RATE_LIMIT] = quota.headers()
     if not taken:
         log.info("%s is over its limit of %d uploads a minute", who(request), limit)
         raise Refused(f"more than {limit} uploads a minute", quota)
@@ -109,4 +110,5 @@ async def take_audio(request: web.Request, audio_s: float) -> None:
     if not taken:
         log.info("%s is over its limit of %g s of audio an hour", who(request), limit_s)
         quota = Quota(math.floor(limit_s), math.floor((limit_ms - used_ms) / 1000), reset_s)
+        request[RATE_LIMIT] = quota.headers()
         raise Refused(f"{audio_s:.0f} s more would pass the limit of {limit_s:g} s of audio an hour", quota)

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from aiohttp import web
 
-from http_edge.keys import METRICS, REQUEST_ID, SETTINGS, TENANT
+from http_edge.keys import METRICS, RATE_LIMIT, REQUEST_ID, SETTINGS, TENANT
 from sayit_actors import errors
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
-    response = await handler(request)
-    response.headers[REQUEST_ID_HEADER] = request_id
-    return response
+    return await handler(request)  # the header goes out with the others (``add_headers``)
 
 
 async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -118,6 +116,8 @@ async def add_headers(request: web.Request, response: web.StreamResponse) -> Non
         headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     if request.path.startswith(NO_STORE_PREFIXES):
         headers["Cache-Control"] = "no-store"
+    if RATE_LIMIT in request:
+        headers.update(request[RATE_LIMIT])
     origins = request.app[SETTINGS].cors_origins
     if not origins:
         return

@@ -18,7 +18,6 @@ upload, a leased slot) is given back.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -127,30 +126,21 @@ async def accepted(request: web.Request, form: Form) -> AsyncIterator[Accepted]:
     """The upload handed to the UploadActor and probed; released (deleted) on leaving, whatever happens."""
     actors, bridge = request.app[ACTORS], request.app[BRIDGE]
     accept = Accept(form.file.path, form.filename, form.mime, form.file.size_bytes, form.file.sha256)
-    asking = asyncio.ensure_future(_accept(request, accept))
     try:
-        upload = await asyncio.shield(asking)
+        # An upload the actor accepts after nobody waits any more (cancelled, timed out) is released then.
+        upload: Upload = await bridge.ask(
+            lambda: actors.ref(system.UPLOAD),
+            accept,
+            unclaimed=lambda late: tell(actors, system.UPLOAD, Release(late.id)),
+        )
     except BaseException:
         form.file.discard()  # the UploadActor deletes it too, unless it never got the message
-        # A request cancelled meanwhile: the upload the actor accepts after all is released then.
-        asking.add_done_callback(lambda done: _release_accepted(actors, done))
         raise
     try:
         info: AudioInfo = await bridge.ask(lambda: actors.ref(system.PROBE), Probe(upload.path, upload.format))
         yield Accepted(upload, info)
     finally:
         tell(actors, system.UPLOAD, Release(upload.id))
-
-
-async def _accept(request: web.Request, accept: Accept) -> Upload:
-    actors = request.app[ACTORS]
-    upload: Upload = await request.app[BRIDGE].ask(lambda: actors.ref(system.UPLOAD), accept)
-    return upload
-
-
-def _release_accepted(actors: system.ActorSystem, asking: asyncio.Future[Upload]) -> None:
-    if not asking.cancelled() and asking.exception() is None:
-        tell(actors, system.UPLOAD, Release(asking.result().id))
 
 
 async def process(
