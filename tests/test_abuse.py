@@ -341,11 +341,13 @@ async def test_a_hung_up_openai_wait_lets_its_redis_connection_go_and_its_key_ke
 async def test_a_timed_out_transcription_keeps_its_slot_until_the_engine_is_done(  # type: ignore[no-untyped-def]
     make_client, settings: Settings, corpus: Path, tmp_path: Path
 ) -> None:
-    client = await make_client(with_limits(settings, transcribe_timeout_s=1.0))
+    # 59 s of speech answered at once: many times the 1 s wait in engine time, on any machine.
+    client = await make_client(with_limits(settings, transcribe_timeout_s=1.0, sync_max_duration_s=60.0))
     slots = client.server.app[ACTORS].slots
     jfk = audio.decode(corpus / "jfk.flac")
-    clip = tmp_path / "two_jfk.wav"  # 23 s: under the sync limit, several seconds of engine time
-    soundfile.write(clip, np.concatenate([jfk, np.zeros(audio.SAMPLE_RATE, np.float32), jfk]), audio.SAMPLE_RATE)
+    clip = tmp_path / "five_jfk.wav"
+    pause = np.zeros(audio.SAMPLE_RATE, np.float32)
+    soundfile.write(clip, np.concatenate([jfk, pause] * 5), audio.SAMPLE_RATE)
     response = await client.post("/api/transcribe", data=upload(clip, language="en"))
     answer = await response.json()
     assert response.status == 503 and answer["error"]["code"] == "SERVICE_UNAVAILABLE", answer

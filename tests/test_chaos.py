@@ -47,6 +47,7 @@ class Tally:
     """What the load saw: answers by kind and status, the jobs accepted, the faults injected."""
 
     answers: Counter[str] = field(default_factory=Counter)
+    wrong: list[str] = field(default_factory=list)  # answers no upload should get, even under faults
     jobs: list[str] = field(default_factory=list)
     faults: list[tuple[float, str]] = field(default_factory=list)
     streams_read: int = 0
@@ -61,10 +62,10 @@ async def upload(session: aiohttp.ClientSession, url: str, path: Path, kind: str
             tally.answers[f"{kind} {r.status}"] += 1
             if r.status == 202:
                 tally.jobs.append(answer["data"]["jobId"])
-            elif r.status == 200:
-                assert answer["data"]["transcription"], answer
-            else:
-                assert r.status == 503 and "Retry-After" in r.headers, (r.status, answer)
+            elif r.status == 200 and not answer["data"]["transcription"]:
+                tally.wrong.append(f"{kind}: an empty transcript")
+            elif r.status not in (200, 503) or (r.status == 503 and "Retry-After" not in r.headers):
+                tally.wrong.append(f"{kind}: {r.status} {answer}")
     except (aiohttp.ClientError, TimeoutError) as exc:
         tally.answers[f"{kind} no answer ({type(exc).__name__})"] += 1
 
@@ -99,15 +100,14 @@ async def load(cluster: Cluster, short: Path, long: Path, stop: asyncio.Event, t
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as session:
 
         async def every(period_s: float, step: Any, at_once: int = 3) -> None:
-            """Start ``step`` about every ``period_s``, at most ``at_once`` running; wait for them at the end."""
-            running: set[asyncio.Task[None]] = set()
+            """Start ``step`` about every ``period_s``, at most ``at_once`` running; at the end, wait for
+            every one started (an exception in any of them fails the test)."""
+            started: list[asyncio.Task[None]] = []
             while not stop.is_set():
-                if len(running) < at_once:
-                    task = asyncio.ensure_future(step())
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                if sum(not task.done() for task in started) < at_once:
+                    started.append(asyncio.ensure_future(step()))
                 await asyncio.sleep(period_s * rng.uniform(0.5, 1.5))
-            await asyncio.gather(*running)
+            await asyncio.gather(*started)
 
         async def stream_one() -> None:
             if tally.jobs:
@@ -217,7 +217,7 @@ async def test_no_accepted_job_is_lost_under_chaos(cluster: Cluster, tmp_path: P
     report(figures)
     assert not problems, "\n".join(problems)
     assert not given_up and not not_ready, figures
-    assert len(tally.faults) == 3, tally.faults
+    assert not tally.wrong, tally.wrong
 
 
 def report(figures: dict[str, Any]) -> None:
