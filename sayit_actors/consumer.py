@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import Outage, client_options
 from sayit_actors.result import ChunkFailure
 from sayit_actors.slots import SlotPool
-from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
+from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_later
 from sayit_actors.whisper import ChunkFailed, ChunkTranscribed, TranscribeChunk
 
 log = logging.getLogger(__name__)
@@ -188,12 +187,7 @@ class QueueConsumer(SupervisedActor):
 
     def _schedule_poll(self, delay_s: float) -> None:
         self._generation += 1
-        if delay_s <= 0:
-            self.actor_ref.tell(Poll(self._generation))
-            return
-        timer = threading.Timer(delay_s, _tell_if_alive, [self.actor_ref, Poll(self._generation)])
-        timer.daemon = True
-        timer.start()
+        tell_later(self.actor_ref, Poll(self._generation), delay_s)
 
     def _heartbeat(self) -> None:
         """Trim, then beat: trimming frees memory, so it runs even while Redis refuses writes."""
@@ -330,8 +324,3 @@ def _stored_options(raw: dict[str, Any] | None) -> TranscriptionOptions | None:
         return TranscriptionOptions(**{**raw, "temperatures": tuple(raw["temperatures"])})
     except (KeyError, TypeError):
         return None
-
-
-def _tell_if_alive(ref: pykka.ActorRef[Any], message: object) -> None:
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(message)

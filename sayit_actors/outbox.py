@@ -25,7 +25,6 @@ import contextlib
 import functools
 import json
 import logging
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from sayit_actors import keys
 from sayit_actors.callbacks import SENDERS, CallbackSender, job_payload
 from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import Outage, client_options
-from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
+from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_if_alive, tell_later
 
 log = logging.getLogger(__name__)
 CAPACITY = 4 * SENDERS  # entries a node holds at once: being sent, or waiting in the sender's queue
@@ -151,12 +150,7 @@ class CallbackDispatcher(SupervisedActor):
         self._schedule(0 if took and len(self._held) < CAPACITY else self._poll_s)
 
     def _schedule(self, delay_s: float) -> None:
-        if delay_s <= 0:
-            self.actor_ref.tell(Poll())
-            return
-        timer = threading.Timer(delay_s, _tell_if_alive, [self.actor_ref, Poll()])
-        timer.daemon = True
-        timer.start()
+        tell_later(self.actor_ref, Poll(), delay_s)
 
     def _create_group(self) -> bool:
         """The outbox and its group, from the first entry: entries written before any sender ran count."""
@@ -249,9 +243,4 @@ def _report(ref: pykka.ActorRef[Any], entry_id: str, future: Future[bool]) -> No
         sent = Sent(entry_id, settled=False)
     else:
         sent = Sent(entry_id, settled=True, delivered=future.exception() is None and bool(future.result()))
-    _tell_if_alive(ref, sent)
-
-
-def _tell_if_alive(ref: pykka.ActorRef[Any], message: object) -> None:
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(message)
+    tell_if_alive(ref, sent)

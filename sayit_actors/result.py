@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from sayit_actors import keys
 from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
 from sayit_actors.redis_server import Outage, client_options
-from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
+from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_later
 
 log = logging.getLogger(__name__)
 MAX_WRITE_RETRY_DELAY_S = 10.0
@@ -171,9 +170,7 @@ class ResultActor(SupervisedActor):
             delay = min(MAX_WRITE_RETRY_DELAY_S, 0.5 * 2**msg.tries)
             log.debug("Redis write for job %s failed (%s): retrying in %.1f s", msg.delivery.task.job_id, exc, delay)
             retry = type(msg)(**{**msg.__dict__, "tries": msg.tries + 1})
-            timer = threading.Timer(delay, _tell_quietly, [self.actor_ref, retry])
-            timer.daemon = True
-            timer.start()
+            tell_later(self.actor_ref, retry, delay)  # a restarted ResultActor gets it redelivered instead
             return
         self._outage.ok()
 
@@ -240,10 +237,3 @@ class ResultActor(SupervisedActor):
             self._outage.failed(exc)
             return
         self._outage.ok()
-
-
-def _tell_quietly(ref: pykka.ActorRef[Any], message: object) -> None:
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        log.warning("dropped a retried %s: the ResultActor stopped", type(message).__name__)

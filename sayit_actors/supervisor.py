@@ -14,6 +14,7 @@ An asked message's failure goes back to the one who asked, as Pykka does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -177,6 +178,23 @@ class SupervisedActor(pykka.ThreadingActor):
     ) -> None:
         if self.supervisor.is_alive():
             self.supervisor.tell(ChildFailed(self.name, repr(exception_value)))
+
+
+def tell_later(ref: pykka.ActorRef[Any], message: object, delay_s: float) -> threading.Timer | None:
+    """Tell ``message`` to ``ref`` now (``delay_s`` <= 0) or from a daemon timer after ``delay_s``
+    (the timer is returned, to cancel it); an actor that stopped meanwhile just misses it."""
+    if delay_s <= 0:
+        tell_if_alive(ref, message)
+        return None
+    timer = threading.Timer(delay_s, tell_if_alive, [ref, message])
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def tell_if_alive(ref: pykka.ActorRef[Any], message: object) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
 
 
 def job_of(message: object) -> str | None:

@@ -8,7 +8,6 @@ the actor starts and every ``SWEEP_EVERY_S`` after, on a tick the actor has a ti
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -26,7 +25,7 @@ import pykka
 
 from sayit_actors.audio import AudioFormat, sniff_file
 from sayit_actors.errors import EmptyFile, FileTooLarge, InvalidFormat
-from sayit_actors.supervisor import SupervisedActor, Supervisor, Told
+from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_later
 
 log = logging.getLogger(__name__)
 INCOMING = "incoming"
@@ -162,9 +161,7 @@ class UploadActor(SupervisedActor):
         raise TypeError(f"unexpected message {message!r}")
 
     def _schedule_sweep(self) -> None:
-        self._timer = threading.Timer(self._sweep_every_s, _tell_if_alive, [self.actor_ref, _SweepTick()])
-        self._timer.daemon = True
-        self._timer.start()
+        self._timer = tell_later(self.actor_ref, _SweepTick(), self._sweep_every_s)
 
     def _accept(self, msg: Accept) -> Upload:
         try:
@@ -197,8 +194,3 @@ class UploadActor(SupervisedActor):
         if removed:
             log.info("swept %d orphaned upload files", removed)
         return removed
-
-
-def _tell_if_alive(ref: pykka.ActorRef[Any], message: object) -> None:
-    with contextlib.suppress(pykka.ActorDeadError):
-        ref.tell(message)
