@@ -14,6 +14,7 @@ from aiohttp import web
 
 from config import LANGUAGES
 from http_edge.keys import ACTORS
+from sayit_actors import formats
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -201,7 +202,7 @@ SCHEMAS: dict[str, Schema] = {
 FIELDS: dict[str, dict[str, Schema]] = {
     "/api/transcribe": {
         "language": {"enum": list(LANGUAGES), "default": "auto"},
-        "format": {"enum": ["json", "txt", "srt", "vtt"], "default": "json"},
+        "format": {"enum": list(formats.FORMATS), "default": "json"},
         "wordTimestamps": {"type": "boolean", "default": False},
         "prompt": {"type": "string", "maxLength": 4096, "description": "hotwords or a context prompt"},
         "callbackUrl": {"type": "string", "format": "uri", "description": "a host on SAYIT_CALLBACK_HOSTS"},

@@ -321,6 +321,6 @@ def _stored_options(raw: dict[str, Any] | None) -> TranscriptionOptions | None:
     if not raw:
         return None
     try:
-        return TranscriptionOptions(**{**raw, "temperatures": tuple(raw["temperatures"])})
+        return TranscriptionOptions.from_dict(raw)
     except (KeyError, TypeError):
         return None

@@ -60,6 +60,11 @@ class TranscriptionOptions:
         data["temperatures"] = list(self.temperatures)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TranscriptionOptions:
+        """The options ``to_dict`` gave; TypeError or KeyError when they do not fit this version's fields."""
+        return cls(**{**data, "temperatures": tuple(data["temperatures"])})
+
 
 @dataclass(frozen=True)
 class Word:

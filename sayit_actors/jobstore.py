@@ -282,7 +282,7 @@ class JobStore:
     def record_chunk(self, delivery: Delivery, result: dict[str, Any]) -> tuple[bool, int, int]:
         """(newly recorded, chunks done, chunks in all); acks the task in the same step."""
         task = delivery.task
-        event = {"index": task.index, **(chunk_view(result) if result else {})}
+        event = {"index": task.index, **chunk_view(result)}
         added, done, total = self._record(
             keys=[keys.job(task.job_id), keys.chunk_results(task.job_id), keys.chunk_audio(task.job_id, task.index),
                   keys.CHUNKS, keys.QUEUED_AUDIO_MS, keys.job_events(task.job_id)],

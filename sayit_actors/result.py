@@ -175,9 +175,6 @@ class ResultActor(SupervisedActor):
         self._outage.ok()
 
     def _record_chunk(self, msg: RecordChunk) -> None:
-        if not msg.result:  # nothing to record: only the task's acknowledgement
-            self.store.ack(msg.delivery)
-            return
         added, done, total = self.store.record_chunk(msg.delivery, msg.result)
         job_id = msg.delivery.task.job_id
         if added and "engine_s" in msg.result:

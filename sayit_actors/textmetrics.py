@@ -79,7 +79,3 @@ def errors(reference: Sequence[str], hypothesis: Sequence[str]) -> Errors:
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
     return errors(words(reference), words(hypothesis)).rate
-
-
-def character_error_rate(reference: str, hypothesis: str) -> float:
-    return errors(characters(reference), characters(hypothesis)).rate
