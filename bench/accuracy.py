@@ -1,7 +1,7 @@
 """Accuracy on recordings of known text: does the job path keep every word the engine can hear?
 
 A long upload is cut into chunks of at most 30 s and each chunk is decoded one window per pause
-(``SAYIT_VAD=long``, see sayit_actors/silence.py). This benchmark scores that against the text
+(``SAYIT_VAD=long``, see sayit_actors/audio/silence.py). This benchmark scores that against the text
 that was spoken, next to the other ways the same model can transcribe the same file:
 - sync: each passage uploaded alone (30 s or less: answered at once), the texts joined in order;
 - job: the whole recording uploaded to a real ``sayit serve`` (202 and a job), polled until done;
@@ -53,7 +53,7 @@ import soundfile
 from common import BenchError
 
 from sayit_actors import audio
-from sayit_actors.textmetrics import Errors, align, characters, errors, words
+from sayit_actors.engines.textmetrics import Errors, align, characters, errors, words
 from tests import known_speech
 from tests.known_speech import JFK, PAUSES_S, SR, Passage, Placed, assemble
 
@@ -260,9 +260,9 @@ def direct_phase(known: list[Recording], variants: set[str]) -> dict[str, str]:
     from faster_whisper import BatchedInferencePipeline
 
     from config import SilenceSettings, load_settings
+    from sayit_actors.audio.silence import drop_invented
     from sayit_actors.dispatcher import Choices, options_for
-    from sayit_actors.faster_engine import FasterWhisperEngine
-    from sayit_actors.silence import drop_invented
+    from sayit_actors.engines.faster import FasterWhisperEngine
 
     settings = load_settings({})
     engine = FasterWhisperEngine.load(settings.engine, workers=1)
@@ -301,7 +301,7 @@ def direct_phase(known: list[Recording], variants: set[str]) -> dict[str, str]:
 def _vad_filter(model: Any, samples: np.ndarray, options: Any) -> Any:
     """A chunk decoded as faster-whisper's ``vad_filter=True`` does: its detected speech joined
     into one stretch (how queued chunks were decoded before the windows per pause)."""
-    from sayit_actors.engine import Segment, Transcript, join_text
+    from sayit_actors.engines import Segment, Transcript, join_text
 
     segments, info = model.transcribe(
         samples, language=options.language, beam_size=options.beam_size, patience=options.patience,

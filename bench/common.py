@@ -28,7 +28,7 @@ import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from sayit_actors.redis_server import free_port  # noqa: E402
+from sayit_actors.store.redis_server import free_port  # noqa: E402
 
 CORPUS = REPO_ROOT.parent / "shared" / "corpus"
 RESULTS = REPO_ROOT / "docs" / "results"
@@ -156,7 +156,7 @@ def workspace() -> Iterator[Path]:
 @contextlib.contextmanager
 def sayit_server(folder: Path, name: str = "server", **settings: str) -> Iterator[Server]:
     """``sayit serve`` with ``settings`` (environment variables), healthy, stopped afterwards."""
-    server = launch(name, folder, [sys.executable, "-m", "sayit_actors.cli", "serve"], **settings)
+    server = launch(name, folder, [sys.executable, "-m", "sayit_cli.cli", "serve"], **settings)
     try:
         yield wait_healthy(server)
     except BenchError:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from config import load_settings
 from http_edge import create_app
-from sayit_actors.engine import Segment, Transcript, TranscriptionOptions
+from sayit_actors.engines import Segment, Transcript, TranscriptionOptions
 
 
 class FixedTimeEngine:

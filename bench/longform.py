@@ -43,7 +43,8 @@ import numpy as np
 import soundfile
 from common import BenchError, Row, verdict
 
-from sayit_actors import audio, textmetrics
+from sayit_actors import audio
+from sayit_actors.engines import textmetrics
 
 # (file, seconds to keep or None for all): multilingual.mp3 turns German after ~30 s.
 # Order matters for the bare engine: base drops stereo_diarization.wav when hotwords.mp3 follows it
@@ -192,7 +193,7 @@ def run_direct_phase(recordings: Sequence[Recording], clips: dict[str, np.ndarra
     """One engine, loaded and warmed up once, then one call per recording and (not timed) one per clip."""
     # Imported here so that the engine's libraries load only once the server has stopped.
     from config import load_settings
-    from sayit_actors.faster_engine import FasterWhisperEngine
+    from sayit_actors.engines.faster import FasterWhisperEngine
 
     settings = load_settings({})
     engine = FasterWhisperEngine.load(settings.engine, workers=1)  # cpu_threads 0: all cores for the one worker

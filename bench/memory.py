@@ -24,10 +24,10 @@ import soundfile
 from common import Row, verdict
 
 from sayit_actors import audio
-from sayit_actors.redis_server import EmbeddedRedis
+from sayit_actors.store.redis_server import EmbeddedRedis
 
 TARGET_MB = 1500.0
-SERVE = [sys.executable, "-m", "sayit_actors.cli", "serve"]
+SERVE = [sys.executable, "-m", "sayit_cli.cli", "serve"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,15 +32,16 @@ from common import Row, verdict
 from redis import Redis
 
 from sayit_actors import audio
-from sayit_actors.redis_server import EmbeddedRedis
+from sayit_actors.store.redis_server import EmbeddedRedis
 
 TARGET_MB = 300.0
-SERVE = [sys.executable, "-m", "sayit_actors.cli", "serve"]
+SERVE = [sys.executable, "-m", "sayit_cli.cli", "serve"]
 # Run in a child process: the peak RSS growth of decoding a file whole and splitting it in memory.
 WHOLE = """
 import resource, sys
 from pathlib import Path
-from sayit_actors import audio, chunking
+from sayit_actors import audio
+from sayit_actors.audio import chunking
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 chunks = chunking.split(audio.decode(Path(sys.argv[1]), max_s=1e9))
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, len(chunks))

@@ -29,7 +29,7 @@ import soundfile
 from common import Row, verdict
 
 from sayit_actors import audio
-from sayit_actors.redis_server import EmbeddedRedis
+from sayit_actors.store.redis_server import EmbeddedRedis
 
 TARGET_RATIO = 1.25
 TARGET_OVERHEAD_MS = 20.0

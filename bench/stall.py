@@ -30,8 +30,9 @@ import soundfile
 from common import Row, verdict
 from redis import Redis
 
-from sayit_actors import audio, keys
-from sayit_actors.redis_server import EmbeddedRedis
+from sayit_actors import audio
+from sayit_actors.store import keys
+from sayit_actors.store.redis_server import EmbeddedRedis
 
 TARGET_RATIO = 1.3
 SHORT = common.CORPUS / "jfk.flac"

@@ -98,7 +98,7 @@ def run_http_phase(audio_path: Path, runs: int, slots: int) -> HttpPhase:
 def run_direct_phase(audio_path: Path, runs: int, slots: int) -> DirectPhase:
     # Imported here so that the engine's libraries load only once the server has stopped.
     from config import load_settings
-    from sayit_actors.faster_engine import FasterWhisperEngine
+    from sayit_actors.engines.faster import FasterWhisperEngine
 
     settings = load_settings({"MAX_CONCURRENT_CHUNKS": str(slots)})
     engine = FasterWhisperEngine.load(settings.engine, workers=slots)

@@ -29,7 +29,7 @@ from common import Row, summary, verdict
 
 from config import load_settings
 from sayit_actors import audio
-from sayit_actors.faster_engine import FasterWhisperEngine
+from sayit_actors.engines.faster import FasterWhisperEngine
 
 TARGET_RATIO_AT_8 = 0.90
 

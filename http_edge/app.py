@@ -18,9 +18,9 @@ from http_edge.bridge import ActorBridge
 from http_edge.keys import ACTORS, ADMISSION, BRIDGE, CLOSING, METRICS, REDIS, REDIS_URL, SETTINGS, STARTED_AT
 from http_edge.middlewares import MIDDLEWARES, add_headers
 from http_edge.routes import add_routes
-from sayit_actors.engine import Engine, create_engine
+from sayit_actors.engines import Engine, create_engine
 from sayit_actors.metrics import Metrics
-from sayit_actors.redis_server import EmbeddedRedis, check_policy, client_options
+from sayit_actors.store.redis_server import EmbeddedRedis, check_policy, client_options
 from sayit_actors.system import ActorSystem
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from sayit_actors import keys
+from sayit_actors.store import keys
 
 
 async def live_nodes(client: aioredis.Redis) -> list[dict[str, Any]]:

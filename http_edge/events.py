@@ -25,7 +25,8 @@ from aiohttp import web
 from http_edge.keys import ADMISSION, CLOSING, REDIS
 from http_edge.pipeline import job_exists, job_id_of
 from http_edge.views import job_data
-from sayit_actors import errors, keys
+from sayit_actors import errors
+from sayit_actors.store import keys
 
 BLOCK_MS = 5_000  # under the Redis client's socket timeout; also the keep-alive period
 FINAL = ("completed", "failed")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from http_edge.keys import RATE_LIMIT, REDIS, SETTINGS, TENANT
-from sayit_actors import errors, keys
+from sayit_actors import errors
+from sayit_actors.store import keys
 
 log = logging.getLogger(__name__)
 MINUTE_MS = 60_000

@@ -15,16 +15,16 @@ from typing import Any
 from aiohttp import web
 
 from config import LANGUAGES
-from http_edge import repeats
+from http_edge import formats, repeats
 from http_edge.events import wait_for_job
 from http_edge.form import Form, read_form, upload_route
 from http_edge.keys import ACTORS, SETTINGS, STARTED_AT
 from http_edge.pipeline import process, refused_uncounted
 from http_edge.views import sync_data
-from sayit_actors import errors, formats
+from sayit_actors import errors
 from sayit_actors.caller import Caller
 from sayit_actors.dispatcher import Choices
-from sayit_actors.engine import Segment
+from sayit_actors.engines import Segment
 
 OPENAI_MODEL = "whisper-1"
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")

@@ -13,8 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from config import LANGUAGES
+from http_edge import formats
 from http_edge.keys import ACTORS
-from sayit_actors import formats
 
 JSON = "application/json"
 Schema = dict[str, Any]

@@ -33,15 +33,16 @@ from aiohttp import web
 from http_edge import limits
 from http_edge.form import Form
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, SETTINGS, TENANT
-from sayit_actors import errors, keys, system
+from sayit_actors import errors, system
 from sayit_actors.audio import AudioInfo
 from sayit_actors.caller import Caller
 from sayit_actors.dispatcher import Choices, Dispatch, Mode, Plan
-from sayit_actors.engine import DETECT_S, LanguageGuess
-from sayit_actors.jobstore import Owner, merge, now_ms
+from sayit_actors.engines import DETECT_S, LanguageGuess
 from sayit_actors.probe import Probe
 from sayit_actors.result import DailyStats, RecordRequest, SettleJob, today
 from sayit_actors.slots import SlotPool
+from sayit_actors.store import keys
+from sayit_actors.store.jobs import Owner, merge, now_ms
 from sayit_actors.upload import Accept, Release, Upload
 from sayit_actors.whisper import DetectLanguage, Transcribe, Transcribed
 

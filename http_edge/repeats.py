@@ -29,9 +29,10 @@ from aiohttp import web
 
 from http_edge.keys import ACTORS, REDIS, SETTINGS, TENANT
 from http_edge.limits import client_scope
-from sayit_actors import errors, keys
+from sayit_actors import errors
 from sayit_actors.caller import Caller
 from sayit_actors.dispatcher import Choices
+from sayit_actors.store import keys
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"

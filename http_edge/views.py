@@ -12,13 +12,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from http_edge import pipeline
+from http_edge import formats, pipeline
 from http_edge.cluster import live_nodes
 from http_edge.keys import REDIS, SETTINGS
-from sayit_actors import errors, formats, keys
+from sayit_actors import errors
 from sayit_actors.dispatcher import Choices, JobTicket, Mode
-from sayit_actors.engine import DETECT_S, Segment
+from sayit_actors.engines import DETECT_S, Segment
 from sayit_actors.result import today
+from sayit_actors.store import keys
 
 REAL_TIME_FACTOR = 0.1  # engine seconds per audio second before any is measured (base, int8, one CPU slot)
 MIN_MEASURED_AUDIO_MS = 30_000

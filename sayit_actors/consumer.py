@@ -34,12 +34,12 @@ import redis
 
 from config import LanguageProfile, QueueSettings, SilenceSettings
 from sayit_actors.dispatcher import Choices, options_for
-from sayit_actors.engine import TranscriptionOptions
-from sayit_actors.jobstore import Delivery, JobStore
+from sayit_actors.engines import TranscriptionOptions
 from sayit_actors.metrics import Metrics
-from sayit_actors.redis_server import Outage, client_options
 from sayit_actors.result import ChunkFailure
 from sayit_actors.slots import SlotPool
+from sayit_actors.store.jobs import Delivery, JobStore
+from sayit_actors.store.redis_server import Outage, client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_later
 from sayit_actors.whisper import ChunkFailed, ChunkTranscribed, TranscribeChunk
 

@@ -27,15 +27,15 @@ import pykka
 import redis
 
 from config import LanguageProfile, Limits, SilenceSettings
-from sayit_actors import keys
 from sayit_actors.audio import AudioInfo
 from sayit_actors.caller import Caller
-from sayit_actors.engine import TranscriptionOptions
+from sayit_actors.engines import TranscriptionOptions
 from sayit_actors.errors import InvalidLanguage
-from sayit_actors.jobstore import Owner
-from sayit_actors.redis_server import client_options
 from sayit_actors.replies import Asked, Forward
 from sayit_actors.slots import SlotPool, WorkPool
+from sayit_actors.store import keys
+from sayit_actors.store.jobs import Owner
+from sayit_actors.store.redis_server import client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def options_for(
 ) -> TranscriptionOptions:
     """A request's decoding options: its language profile, its choices, and the silence settings
     (``SAYIT_VAD``: ``long`` decodes queued chunks one window per pause and skips those without
-    speech, ``all`` does so for every transcription, ``off`` for none; see sayit_actors.silence)."""
+    speech, ``all`` does so for every transcription, ``off`` for none; see sayit_actors.audio.silence)."""
     vad = silence.vad == "all" or (queued and silence.vad == "long")
     overrides: dict[str, Any] = {}
     if choices.temperature is not None:

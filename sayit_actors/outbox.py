@@ -35,10 +35,10 @@ import pykka
 import redis
 
 from config import ApiSettings
-from sayit_actors import keys
 from sayit_actors.callbacks import SENDERS, CallbackSender, job_payload
 from sayit_actors.metrics import Metrics
-from sayit_actors.redis_server import Outage, client_options
+from sayit_actors.store import keys
+from sayit_actors.store.redis_server import Outage, client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_if_alive, tell_later
 
 log = logging.getLogger(__name__)

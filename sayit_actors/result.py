@@ -26,10 +26,10 @@ import pykka
 import redis
 
 from config import QueueSettings
-from sayit_actors import keys
-from sayit_actors.jobstore import Delivery, JobStore
 from sayit_actors.metrics import Metrics
-from sayit_actors.redis_server import Outage, client_options
+from sayit_actors.store import keys
+from sayit_actors.store.jobs import Delivery, JobStore
+from sayit_actors.store.redis_server import Outage, client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_later
 
 log = logging.getLogger(__name__)

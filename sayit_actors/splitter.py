@@ -1,7 +1,7 @@
 """The Splitters: a small pool that turns long uploads into queued jobs, off the Dispatcher's thread.
 
 A Splitter decodes an upload as a stream and cuts it into chunks of at most 30 s at quiet points
-(``sayit_actors.chunking``); each chunk's audio goes to Redis as soon as it is cut, so memory
+(``sayit_actors.audio.chunking``); each chunk's audio goes to Redis as soon as it is cut, so memory
 does not grow with the recording, and the job and its tasks are created last, in one step, with
 the decoding options the Dispatcher computed for it. A recording longer than ``max_duration_s``
 (by its header, or as it decodes) is refused, and so is one the queued-audio budget (or its
@@ -29,13 +29,14 @@ import pykka
 import redis
 
 from config import Limits, QueueSettings
-from sayit_actors import audio, chunking
-from sayit_actors.chunking import Span
+from sayit_actors import audio
+from sayit_actors.audio import chunking
+from sayit_actors.audio.chunking import Span
 from sayit_actors.dispatcher import JobTicket, Mode, Plan, Split
 from sayit_actors.errors import AudioTooLong
-from sayit_actors.jobstore import JobStore
-from sayit_actors.redis_server import client_options
 from sayit_actors.slots import WorkPool
+from sayit_actors.store.jobs import JobStore
+from sayit_actors.store.redis_server import client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ import pykka
 from config import Settings, WorkerMode
 from sayit_actors.consumer import Drain, HandBack, QueueConsumer
 from sayit_actors.dispatcher import Dispatcher
-from sayit_actors.engine import Engine
+from sayit_actors.engines import Engine
 from sayit_actors.metrics import Metrics
 from sayit_actors.outbox import CallbackDispatcher
 from sayit_actors.probe import DurationProbe

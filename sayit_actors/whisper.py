@@ -23,13 +23,13 @@ import pykka
 
 from config import SilenceSettings
 from sayit_actors import audio
+from sayit_actors.audio.chunking import from_flac
+from sayit_actors.audio.silence import drop_invented
 from sayit_actors.caller import Caller
-from sayit_actors.chunking import from_flac
-from sayit_actors.engine import DETECT_S, Engine, Segment, Transcript, TranscriptionOptions
+from sayit_actors.engines import DETECT_S, Engine, Segment, Transcript, TranscriptionOptions
 from sayit_actors.errors import EngineFailure
-from sayit_actors.jobstore import Delivery
 from sayit_actors.result import RecordChunk
-from sayit_actors.silence import drop_invented
+from sayit_actors.store.jobs import Delivery
 from sayit_actors.supervisor import ActorBroken, SupervisedActor, Supervisor, Told
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from sayit_actors.redis_server import EmbeddedRedis, free_port
+from sayit_actors.store.redis_server import EmbeddedRedis, free_port
 
 QUEUE_ENV = {
     "SAYIT_STALL_INTERVAL_S": "8",
@@ -54,7 +54,7 @@ def start_node(name: str, mode: str, slots: int, redis_url: str, folder: Path) -
     log = folder / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sayit_actors.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "sayit_cli.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     return Node(name, f"http://127.0.0.1:{port}", process, log)

@@ -24,8 +24,8 @@ from aiohttp.test_utils import TestClient
 from config import ApiSettings, Limits, QueueSettings, Settings, load_settings
 from http_edge import create_app
 from sayit_actors import audio
-from sayit_actors.faster_engine import FasterWhisperEngine
-from sayit_actors.redis_server import EmbeddedRedis
+from sayit_actors.engines.faster import FasterWhisperEngine
+from sayit_actors.store.redis_server import EmbeddedRedis
 from tests.clips import encode
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"

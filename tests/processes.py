@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from sayit_actors.redis_server import free_port
+from sayit_actors.store.redis_server import free_port
 
 HEALTHY_WITHIN_S = 60.0
 
@@ -32,7 +32,7 @@ def serve(data_dir: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes],
     log = data_dir.parent / f"{data_dir.name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sayit_actors.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "sayit_cli.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=node_env(SAYIT_DATA_DIR=str(data_dir), **env),
             stdout=subprocess.DEVNULL,
             stderr=out,

@@ -23,8 +23,9 @@ from config import Settings, WorkerMode
 from http_edge import create_app
 from http_edge.keys import ACTORS, ADMISSION
 from http_edge.server import KEEPALIVE_TIMEOUT_S, server_options
-from sayit_actors import audio, keys
+from sayit_actors import audio
 from sayit_actors.metrics import Metrics
+from sayit_actors.store import keys
 from sayit_actors.supervisor import ChildSpec, Directory, StartAll, Supervisor
 from sayit_actors.upload import INCOMING, UploadActor
 from tests.forms import upload

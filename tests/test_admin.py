@@ -86,7 +86,7 @@ async def test_the_admin_cli(admin_client: TestClient) -> None:
 
     async def cli(*args: str) -> tuple[int, str, str]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sayit_actors.cli", "admin", "--url", url, *args,
+            sys.executable, "-m", "sayit_cli.cli", "admin", "--url", url, *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await process.communicate()

@@ -22,10 +22,12 @@ import soundfile
 from aiohttp.test_utils import TestClient
 
 from config import Settings
-from sayit_actors import audio, chunking, keys
-from sayit_actors.engine import DETECT_S
+from sayit_actors import audio
+from sayit_actors.audio import chunking
+from sayit_actors.engines import DETECT_S
 from sayit_actors.errors import AudioTooLong, QueueFull, UndecodableAudio
-from sayit_actors.jobstore import JobStore
+from sayit_actors.store import keys
+from sayit_actors.store.jobs import JobStore
 from tests.clips import normalized
 from tests.forms import upload
 from tests.known_speech import JFK

@@ -19,9 +19,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from config import ApiSettings, Settings, WorkerMode
-from sayit_actors import keys
-from sayit_actors.chunking import Span
-from sayit_actors.jobstore import JobStore
+from sayit_actors.audio.chunking import Span
+from sayit_actors.store import keys
+from sayit_actors.store.jobs import JobStore
 from tests.test_security import SECRET, verify_standard_webhook
 
 Received = list[tuple[dict[str, Any], Any]]

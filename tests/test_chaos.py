@@ -31,7 +31,8 @@ import pytest
 import redis
 import soundfile
 
-from sayit_actors import audio, keys
+from sayit_actors import audio
+from sayit_actors.store import keys
 from tests.cluster import Cluster, get, multipart, start_cluster, start_node, stop_cluster, wait
 
 pytestmark = pytest.mark.slow

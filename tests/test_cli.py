@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sayit_actors.redis_server import free_port
+from sayit_actors.store.redis_server import free_port
 from tests.clips import normalized
 from tests.known_speech import JFK
 from tests.processes import node_env, serve
@@ -67,7 +67,7 @@ def test_serve_transcribes_with_an_embedded_redis_and_stops_cleanly(
 )
 def test_bad_start_says_why(tmp_path: Path, env: dict[str, str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sayit_actors.cli", "serve", "--port", str(free_port())],
+        [sys.executable, "-m", "sayit_cli.cli", "serve", "--port", str(free_port())],
         env=node_env(SAYIT_DATA_DIR=str(tmp_path), **env),
         capture_output=True,
         timeout=60,

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from sayit_actors import client, keys
-from sayit_actors.redis_server import free_port
+from sayit_actors.store import keys
+from sayit_actors.store.redis_server import free_port
+from sayit_cli import client
 from tests.clips import normalized
 from tests.conftest import CORPUS
 from tests.known_speech import JFK
@@ -37,7 +38,7 @@ def sayit(*args: str | Path, url: str | None = None, timeout: float = 240) -> su
     """Run the command as a user would: a subprocess, stderr a pipe (not a terminal)."""
     env = node_env(**({"SAYIT_URL": url} if url else {}))
     return subprocess.run(
-        [sys.executable, "-m", "sayit_actors.cli", "transcribe", *map(str, args)],
+        [sys.executable, "-m", "sayit_cli.cli", "transcribe", *map(str, args)],
         env=env,
         capture_output=True,
         text=True,
@@ -170,7 +171,7 @@ def test_a_full_queue_is_retried_three_times_then_fails(queue_server: tuple[str,
 def test_a_full_queue_is_retried_until_it_has_room(queue_server: tuple[str, redis.Redis]) -> None:
     url, r = queue_server
     fill_the_queue(r)
-    command = [sys.executable, "-m", "sayit_actors.cli", "transcribe", str(CORPUS / "multilingual.mp3"), "--format",
+    command = [sys.executable, "-m", "sayit_cli.cli", "transcribe", str(CORPUS / "multilingual.mp3"), "--format",
                "txt"]  # fmt: skip
     with subprocess.Popen(
         command, env=node_env(SAYIT_URL=url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -25,8 +25,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from config import ApiSettings, Settings
-from sayit_actors import audio, keys
+from sayit_actors import audio
 from sayit_actors.callbacks import SIGNATURE_HEADER
+from sayit_actors.store import keys
 from tests.clips import normalized
 from tests.conftest import DATA, wait_for_job
 from tests.forms import upload

@@ -12,7 +12,7 @@ import pytest
 from config import ConfigError, Settings, WorkerMode, load_settings
 from config.profiles import load_profiles
 from config.settings import SettingSpec, declared, known_variables, sections
-from sayit_actors.engine import TranscriptionOptions
+from sayit_actors.engines import TranscriptionOptions
 
 
 def test_defaults() -> None:

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 
 from config import Settings
 from http_edge.middlewares import SECURITY_HEADERS
-from sayit_actors.redis_server import EmbeddedRedis
+from sayit_actors.store.redis_server import EmbeddedRedis
 
 ALLOWED = "https://app.sayit.example"
 

@@ -27,12 +27,13 @@ from aiohttp.test_utils import TestClient
 from faster_whisper import BatchedInferencePipeline
 
 from config import Settings, SilenceSettings, load_profiles
-from sayit_actors import audio, silence
+from sayit_actors import audio
+from sayit_actors.audio import silence
+from sayit_actors.audio.silence import drop_invented
 from sayit_actors.dispatcher import Choices, options_for
-from sayit_actors.engine import TranscriptionOptions
-from sayit_actors.faster_engine import FasterWhisperEngine
-from sayit_actors.silence import drop_invented
-from sayit_actors.textmetrics import Errors, align, characters, errors, words
+from sayit_actors.engines import TranscriptionOptions
+from sayit_actors.engines.faster import FasterWhisperEngine
+from sayit_actors.engines.textmetrics import Errors, align, characters, errors, words
 from tests import known_speech
 from tests.conftest import wait_for_job
 from tests.forms import upload

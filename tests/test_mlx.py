@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestClient
 
 from config import EngineSettings, Settings, load_settings
 from sayit_actors import audio
-from sayit_actors.engine import EngineUnavailable, TranscriptionOptions, create_engine
-from sayit_actors.mlx_convert import ConversionError, convert, read_ct2
-from sayit_actors.model_store import bundled_files
-from sayit_actors.textmetrics import word_error_rate
+from sayit_actors.engines import EngineUnavailable, TranscriptionOptions, create_engine
+from sayit_actors.engines.mlx_convert import ConversionError, convert, read_ct2
+from sayit_actors.engines.model_store import bundled_files
+from sayit_actors.engines.textmetrics import word_error_rate
 from tests.conftest import SLOTS
 from tests.forms import upload
 from tests.known_speech import JFK

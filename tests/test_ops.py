@@ -19,9 +19,9 @@ import yaml
 from aiohttp.test_utils import TestClient
 
 from config.settings import known_variables, load_settings
-from sayit_actors import keys
-from sayit_actors.cli import build_parser
-from sayit_actors.redis_server import EmbeddedRedis, free_port
+from sayit_actors.store import keys
+from sayit_actors.store.redis_server import EmbeddedRedis, free_port
+from sayit_cli.cli import build_parser
 from tests.cluster import Cluster, finished, get, start_cluster, stop_cluster, submit, wait
 
 ROOT = Path(__file__).resolve().parents[1]

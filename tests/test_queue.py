@@ -10,11 +10,11 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from config import Settings, WorkerMode
-from sayit_actors import keys
 from sayit_actors.audio import decode
-from sayit_actors.chunking import split
-from sayit_actors.jobstore import JobStore
+from sayit_actors.audio.chunking import split
 from sayit_actors.result import today
+from sayit_actors.store import keys
+from sayit_actors.store.jobs import JobStore
 from tests.clips import normalized
 from tests.conftest import wait_for_job
 from tests.forms import upload

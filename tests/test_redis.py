@@ -14,7 +14,7 @@ from aiohttp import web
 
 from config import Settings
 from http_edge import create_app
-from sayit_actors.redis_server import EmbeddedRedis, RedisPolicyError, free_port, redis_binary
+from sayit_actors.store.redis_server import EmbeddedRedis, RedisPolicyError, free_port, redis_binary
 
 
 def test_embedded_redis_runs_with_aof_and_noeviction(redis_server: EmbeddedRedis) -> None:

@@ -23,9 +23,9 @@ from aiohttp.test_utils import TestClient
 
 from config import Settings, WorkerMode
 from http_edge.keys import REDIS
-from sayit_actors import keys
-from sayit_actors.jobstore import JobStore, Task
-from sayit_actors.redis_server import (
+from sayit_actors.store import keys
+from sayit_actors.store.jobs import JobStore, Task
+from sayit_actors.store.redis_server import (
     DataFolderBusy,
     EmbeddedRedis,
     Outage,
@@ -182,7 +182,7 @@ def test_a_pid_file_naming_another_program_signals_nothing(tmp_path: Path) -> No
 
 def test_an_outage_is_logged_once_per_interval_and_its_end_once(caplog: pytest.LogCaptureFixture) -> None:
     outage = Outage("test actor", first_delay_s=0.1, max_delay_s=0.4, log_every_s=60)
-    with caplog.at_level(logging.INFO, logger="sayit_actors.redis_server"):
+    with caplog.at_level(logging.INFO, logger="sayit_actors.store.redis_server"):
         delays = [outage.failed(redis.ConnectionError("refused")) for _ in range(5)]
         outage.ok()
         outage.ok()

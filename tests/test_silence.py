@@ -10,9 +10,10 @@ import pytest
 
 from config import SilenceSettings, load_profiles
 from config.settings import INVENTED_PHRASES
-from sayit_actors import audio, silence
+from sayit_actors import audio
+from sayit_actors.audio import silence
 from sayit_actors.dispatcher import Choices, options_for
-from sayit_actors.engine import Segment, Transcript, TranscriptionOptions
+from sayit_actors.engines import Segment, Transcript, TranscriptionOptions
 
 
 def transcript(*segments: Segment) -> Transcript:

@@ -21,11 +21,11 @@ from config import ConfigError, Settings, WorkerMode, load_settings
 from config.settings import key_entry
 from http_edge import repeats
 from http_edge.keys import TENANT
-from sayit_actors import keys
 from sayit_actors.audio import decode
-from sayit_actors.chunking import split
+from sayit_actors.audio.chunking import split
 from sayit_actors.errors import QueueFull
-from sayit_actors.jobstore import JobStore, Owner
+from sayit_actors.store import keys
+from sayit_actors.store.jobs import JobStore, Owner
 from tests import forms
 
 ALPHA, BETA = "sk-alpha-0f3c9a71e2", "sk-beta-77d1b0c4aa"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sayit_actors import keys
+from sayit_actors.store import keys
 from tests.clips import normalized
 from tests.cluster import QUEUE_ENV, Cluster, finished, job, start_cluster, stop_cluster, submit, wait
 

@@ -13,8 +13,8 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from config import Limits, Settings, WorkerMode
-from sayit_actors import keys
 from sayit_actors.result import today
+from sayit_actors.store import keys
 from tests.clips import normalized
 from tests.conftest import DATA, SLOTS, wait_for_job
 from tests.forms import upload

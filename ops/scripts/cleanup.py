@@ -19,7 +19,7 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from sayit_actors import keys
+from sayit_actors.store import keys
 
 
 def orphan_uploads(folder: Path, older_than_s: float) -> list[Path]:

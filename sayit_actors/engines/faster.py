@@ -15,8 +15,8 @@ import numpy as np
 from faster_whisper import WhisperModel
 
 from config import EngineSettings
-from sayit_actors import model_store, silence
-from sayit_actors.engine import (
+from sayit_actors.audio import silence
+from sayit_actors.engines import (
     DETECT_SAMPLES,
     LANGUAGE_CANDIDATES,
     EngineUnavailable,
@@ -26,6 +26,7 @@ from sayit_actors.engine import (
     TranscriptionOptions,
     Word,
     join_text,
+    model_store,
 )
 
 log = logging.getLogger(__name__)

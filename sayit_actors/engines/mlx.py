@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from config import EngineSettings
-from sayit_actors import silence
-from sayit_actors.engine import (
+from sayit_actors.audio import silence
+from sayit_actors.engines import (
     DETECT_SAMPLES,
     LANGUAGE_CANDIDATES,
     EngineUnavailable,
@@ -36,7 +36,7 @@ from sayit_actors.engine import (
     Word,
     join_text,
 )
-from sayit_actors.mlx_convert import ConversionError, ensure_converted
+from sayit_actors.engines.mlx_convert import ConversionError, ensure_converted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -28,8 +28,8 @@ import numpy as np
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from sayit_actors.audio import SAMPLE_RATE
-from sayit_actors.engine import Segment, Transcript, TranscriptionOptions, join_text
-from sayit_actors.textmetrics import align
+from sayit_actors.engines import Segment, Transcript, TranscriptionOptions, join_text
+from sayit_actors.engines.textmetrics import align
 
 _VAD = VadOptions(min_silence_duration_ms=500, speech_pad_ms=200)
 MIN_REPEATED_WORDS = 4  # "la la la la" is a loop; a one-word answer ("Yes.") is not

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sayit_actors import model_store
+from sayit_actors.engines import model_store
 
 # CTranslate2's DataType enum (include/ctranslate2/types.h); bfloat16 has no numpy dtype.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}

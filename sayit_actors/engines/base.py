@@ -1,20 +1,13 @@
-"""The engine interface: one loaded Whisper model serving every slot of a node.
-
-Two implementations: faster-whisper (CTranslate2; Linux, CPU int8 or CUDA float16) and
-mlx-whisper (Apple Silicon). ``create_engine`` picks one from the settings and fails at start,
-with what to install, when the chosen one cannot be had; it never swaps models silently.
-"""
+"""The engine interface: what every engine takes (options, samples) and gives (a transcript)."""
 
 from __future__ import annotations
 
-import platform
-import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from config import EngineSettings, LanguageProfile
+from config import LanguageProfile
 
 
 class EngineUnavailable(RuntimeError):
@@ -35,7 +28,7 @@ class TranscriptionOptions:
     word_timestamps: bool = False
     initial_prompt: str | None = None
     hotwords: str | None = None
-    vad: bool = False  # decode only audio with speech, one window per pause (see sayit_actors.silence)
+    vad: bool = False  # decode only audio with speech, one window per pause (see sayit_actors.audio.silence)
     without_timestamps: bool = False  # text only: one segment per call
     no_speech_threshold: float = 0.6
     compression_ratio_threshold: float = 2.4
@@ -118,32 +111,6 @@ class Engine(Protocol):
     def detect_language(self, audio: np.ndarray) -> LanguageGuess:
         """The language of the first 30 s of 16 kHz mono float32 samples."""
         ...
-
-
-def is_apple_silicon() -> bool:
-    return sys.platform == "darwin" and platform.machine() == "arm64"
-
-
-def create_engine(settings: EngineSettings, workers: int, data_dir: str = "data") -> Engine:
-    """The engine the settings ask for, loaded and ready; raises EngineUnavailable."""
-    choice = settings.engine
-    if choice == "auto":
-        choice = "mlx" if is_apple_silicon() and _mlx_installed() else "faster-whisper"
-    if choice == "mlx":
-        from sayit_actors.mlx_engine import MlxEngine
-
-        return MlxEngine.load(settings, workers, data_dir)
-    from sayit_actors.faster_engine import FasterWhisperEngine
-
-    return FasterWhisperEngine.load(settings, workers)
-
-
-def _mlx_installed() -> bool:
-    try:
-        import mlx_whisper  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 LANGUAGE_CANDIDATES = 5

@@ -14,9 +14,10 @@ from pathlib import Path
 from aiohttp import web
 
 from config import LANGUAGES, ConfigError, load_settings
-from sayit_actors import client, formats
-from sayit_actors.engine import EngineUnavailable
-from sayit_actors.redis_server import RedisPolicyError
+from http_edge import formats
+from sayit_actors.engines import EngineUnavailable
+from sayit_actors.store.redis_server import RedisPolicyError
+from sayit_cli import client
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs rid=%{X-Request-Id}o'
 
@@ -47,7 +48,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _convert_mlx(args: argparse.Namespace) -> int:
-    from sayit_actors.mlx_convert import ConversionError, convert, ensure_converted
+    from sayit_actors.engines.mlx_convert import ConversionError, convert, ensure_converted
 
     settings = load_settings()
     model = args.model or settings.engine.model
@@ -92,7 +93,7 @@ def _admin(args: argparse.Namespace) -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    """Delegates to ``sayit_actors.client``: the command needs nothing of the server's stack."""
+    """Delegates to ``sayit_cli.client``: the command needs nothing of the server's stack."""
     options = client.Options(
         url=args.url,
         language=args.language,

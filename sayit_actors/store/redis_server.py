@@ -4,7 +4,7 @@ Queued work lives in Redis, so it runs with AOF (``appendfsync everysec``) and m
 keys: a server whose ``maxmemory-policy`` is anything but ``noeviction`` is refused.
 
 The embedded server dies with its node, even with a node killed by SIGKILL: it runs under a
-small watchdog process (this module run as ``python -m sayit_actors.redis_server``), which stops
+small watchdog process (this module run as ``python -m sayit_actors.store.redis_server``), which stops
 it when its node is gone (the watchdog's parent changes) or asks it to; on Linux a parent-death
 signal stops it too should the watchdog itself be killed. A data folder holds one server at a
 time: the node locks ``redis.lock`` there for as long as it or its watchdog lives, and a
@@ -177,7 +177,7 @@ class EmbeddedRedis:
             assert self._lock is not None
             # Its own session: a Ctrl-C in the terminal reaches the node, which stops Redis last.
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "sayit_actors.redis_server", *args],
+                [sys.executable, "-m", "sayit_actors.store.redis_server", *args],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(self._lock,), start_new_session=True,
             )  # fmt: skip
 

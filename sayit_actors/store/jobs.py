@@ -23,9 +23,9 @@ from typing import Any
 import redis
 
 from config import QueueSettings
-from sayit_actors import keys
-from sayit_actors.chunking import Chunk, Span, to_flac
+from sayit_actors.audio.chunking import Chunk, Span, to_flac
 from sayit_actors.errors import QueueFull
+from sayit_actors.store import keys
 
 DEAD_LETTER_MAXLEN = 10_000
 PENDING_AUDIO_TTL_S = 3600  # audio written before its job exists expires if the job never does

@@ -1,0 +1,1 @@
+"""The terminal client of a SayIt node (``client``) and the ``sayit`` command (``cli``)."""

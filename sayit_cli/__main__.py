@@ -1,0 +1,3 @@
+from sayit_cli.cli import main
+
+raise SystemExit(main())
