@@ -1,21 +1,12 @@
-"""What the edge reads about the whole cluster from Redis: live queue nodes and the queue's depth."""
+"""What the edge reads about the whole cluster from Redis: the queue's depth (its live nodes:
+``sayit_actors.store.nodes.live_nodes``)."""
 
 from __future__ import annotations
-
-import json
-from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
 from sayit_actors.store import keys
-
-
-async def live_nodes(client: aioredis.Redis) -> list[dict[str, Any]]:
-    """The queue nodes whose heartbeat has not expired."""
-    names = [name async for name in client.scan_iter(match=keys.NODE_PATTERN, count=100)]
-    values = await client.mget(sorted(names)) if names else []
-    return [json.loads(value) for value in values if value]
 
 
 async def queue_depth(client: aioredis.Redis) -> dict[str, int]:

@@ -27,6 +27,8 @@ from http_edge.pipeline import job_exists, job_id_of
 from http_edge.views import job_data
 from sayit_actors import errors
 from sayit_actors.store import keys
+from sayit_actors.store.merge import ChunkProgress
+from sayit_actors.wire import chunk_progress_view
 
 BLOCK_MS = 5_000  # under the Redis client's socket timeout; also the keep-alive period
 FINAL = ("completed", "failed")
@@ -86,7 +88,7 @@ async def event_payload(request: web.Request, job_id: str, fields: dict[str, str
     payload: dict[str, Any] = {"jobId": job_id, "status": "processing" if kind == "progress" else kind,
                                "progress": _progress(fields)}  # fmt: skip
     if "chunk" in fields:
-        payload["chunk"] = json.loads(fields["chunk"])
+        payload["chunk"] = chunk_progress_view(ChunkProgress.from_json(fields["chunk"]))
     return payload
 
 

@@ -42,7 +42,8 @@ from sayit_actors.probe import Probe
 from sayit_actors.result import DailyStats, RecordRequest, SettleJob, today
 from sayit_actors.slots import SlotPool
 from sayit_actors.store import keys
-from sayit_actors.store.jobs import Owner, merge, now_ms
+from sayit_actors.store.merge import Transcript, merge
+from sayit_actors.store.records import Owner, now_ms
 from sayit_actors.upload import Accept, Release, Upload
 from sayit_actors.whisper import DetectLanguage, Transcribe, Transcribed
 
@@ -79,7 +80,7 @@ class JobView:
     """A job's hash in Redis (decoded) and its result once completed."""
 
     job: dict[str, str]
-    result: dict[str, Any] | None
+    result: Transcript | None
 
 
 def tell(actors: system.ActorSystem, name: str, message: object) -> None:
@@ -272,7 +273,7 @@ async def job(request: web.Request, job_id: str) -> JobView | None:
     status, result = stored.get("status"), None
     if status == "completed":
         blob = await client.get(keys.job_result(job_id))
-        result = json.loads(blob) if blob else None
+        result = Transcript.from_json(blob) if blob else None
     elif status == "processing" and stored.get("done") == stored.get("total"):
         # The last writer died before merging: the ResultActor merges it (callback included);
         # meanwhile it is shown as that merge makes it.

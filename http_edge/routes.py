@@ -13,11 +13,12 @@ from aiohttp import web
 
 from http_edge import openai_api, pipeline
 from http_edge.admin import add_admin_routes
-from http_edge.cluster import live_nodes, queue_depth
+from http_edge.cluster import queue_depth
 from http_edge.events import job_events
 from http_edge.keys import ACTORS, BRIDGE, METRICS, REDIS, STARTED_AT
 from http_edge.openapi import openapi_json
 from http_edge.transcribe import detect_language, job_status, transcribe
+from sayit_actors.store.nodes import Node, live_nodes
 from sayit_actors.supervisor import ChildStatus, GetStatus
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ async def health(request: web.Request) -> web.Response:
         ],
     }
     stats: dict[str, Any] | None = None
-    queue_nodes: list[dict[str, Any]] = []
+    queue_nodes: list[Node] = []
     if redis_status["status"] == "up":
         try:
             queue_nodes = await live_nodes(request.app[REDIS])
@@ -80,8 +81,8 @@ async def health(request: web.Request) -> web.Response:
             "redis": redis_status,
             "workers": workers,
             "queue": {
-                "nodes": [{k: n.get(k) for k in ("id", "role", "slots", "busy")} for n in queue_nodes],
-                "slots": sum(int(n.get("slots", 0)) for n in queue_nodes),
+                "nodes": [{"id": n.id, "role": n.role, "slots": n.slots, "busy": n.busy} for n in queue_nodes],
+                "slots": sum(n.slots for n in queue_nodes),
             },
         },
         "stats": stats,
@@ -99,7 +100,7 @@ async def metrics(request: web.Request) -> web.Response:
                 registry.queue_depth.labels(state).set(count)
             nodes = await live_nodes(client)
             registry.queue_nodes.set(len(nodes))
-            registry.queue_node_slots.set(sum(int(n.get("slots", 0)) for n in nodes))
+            registry.queue_node_slots.set(sum(n.slots for n in nodes))
             memory = await client.info("memory")
             registry.redis_memory_used.set(int(memory["used_memory"]))
             registry.redis_memory_max.set(int(memory["maxmemory"]))

@@ -13,13 +13,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from http_edge import formats, pipeline
-from http_edge.cluster import live_nodes
 from http_edge.keys import REDIS, SETTINGS
 from sayit_actors import errors
 from sayit_actors.dispatcher import Choices, JobTicket, Mode
 from sayit_actors.engines import DETECT_S, Segment
 from sayit_actors.result import today
 from sayit_actors.store import keys
+from sayit_actors.store.nodes import live_nodes
+from sayit_actors.wire import transcript_view
 
 REAL_TIME_FACTOR = 0.1  # engine seconds per audio second before any is measured (base, int8, one CPU slot)
 MIN_MEASURED_AUDIO_MS = 30_000
@@ -81,7 +82,7 @@ async def accepted_body(
 ) -> dict[str, Any]:
     """The 202 answer for a job: where to follow it and how long its remaining chunks should take."""
     settings, client = request.app[SETTINGS], request.app[REDIS]
-    queue_slots = sum(int(node.get("slots", 0)) for node in await live_nodes(client))
+    queue_slots = sum(node.slots for node in await live_nodes(client))
     parallel = max(1, min(job.chunks, queue_slots or 1))
     remaining = 1 - done / job.chunks if job.chunks else 1.0
     estimate_s = duration_s * remaining * await _real_time_factor(client) / parallel + settings.queue.poll_s
@@ -134,6 +135,6 @@ async def job_data(request: web.Request, job_id: str) -> dict[str, Any] | None:
         data["error"] = {"code": "JOB_FAILED", "message": job.get("reason", "")}
     if view.result is not None:
         finished_ms = int(job.get("finished_at", created_ms))
-        data.update(view.result)
+        data.update(transcript_view(view.result))
         data["processingTime"] = round((finished_ms - created_ms) / 1000, 3)
     return data

@@ -49,6 +49,8 @@ from urllib.parse import urlsplit
 
 from config import ApiSettings
 from sayit_actors.errors import CallbackNotAllowed
+from sayit_actors.store.merge import Transcript
+from sayit_actors.wire import transcript_view
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-SayIt-Signature"
@@ -245,7 +247,7 @@ class Callback:
     future: Future[bool] = field(default_factory=Future)
 
 
-def job_payload(job_id: str, event: str, job: dict[str, str], result: dict[str, Any] | None) -> dict[str, Any]:
+def job_payload(job_id: str, event: str, job: dict[str, str], result: Transcript | None) -> dict[str, Any]:
     """What a receiver gets about an ended job, built when it is sent from the job's hash and result."""
     outcome = event.removeprefix("job.")
     return {
@@ -253,7 +255,7 @@ def job_payload(job_id: str, event: str, job: dict[str, str], result: dict[str, 
         "status": outcome,
         "filename": job.get("filename"),
         "duration": int(job.get("duration_ms", 0)) / 1000,
-        "result": result if outcome == "completed" else None,
+        "result": transcript_view(result) if result is not None and outcome == "completed" else None,
         "error": {"code": "JOB_FAILED", "message": job.get("reason", "")} if outcome == "failed" else None,
     }
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pykka
@@ -38,8 +38,11 @@ from sayit_actors.engines import TranscriptionOptions
 from sayit_actors.metrics import Metrics
 from sayit_actors.result import ChunkFailure
 from sayit_actors.slots import SlotPool
-from sayit_actors.store.jobs import Delivery, JobStore
+from sayit_actors.store.jobs import JobStore
+from sayit_actors.store.nodes import Node, NodeRegistry
+from sayit_actors.store.records import Delivery
 from sayit_actors.store.redis_server import Outage, client_options
+from sayit_actors.store.stream import ChunkStream
 from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_later
 from sayit_actors.whisper import ChunkFailed, ChunkTranscribed, TranscribeChunk
 
@@ -83,7 +86,7 @@ class QueueConsumer(SupervisedActor):
         lookup: Callable[[str], pykka.ActorRef[Any]],
         profiles: Mapping[str, LanguageProfile],
         silence: SilenceSettings,
-        node: dict[str, Any],
+        node: Node,
         result_name: str,
         metrics: Metrics,
         engine: str,
@@ -99,19 +102,23 @@ class QueueConsumer(SupervisedActor):
         self._result_name = result_name
         self._metrics = metrics
         self._engine = engine
-        self._consumer = str(node["id"])
+        self._consumer = node.id
         self._running: dict[str, _Running] = {}
         self._unstarted: list[Delivery] = []  # read from the stream, not started yet
         self._draining = False
         self._heartbeat_at = 0.0
         self._redis: redis.Redis | None = None
-        self._store: JobStore | None = None
+        self._stream: ChunkStream | None = None
+        self._jobs: JobStore | None = None
+        self._nodes: NodeRegistry | None = None
         self._outage = Outage(f"queue consumer {self._consumer}")
         self._generation = 0
 
     def on_start(self) -> None:
         self._redis = redis.Redis.from_url(self._redis_url, **client_options())
-        self._store = JobStore(self._redis, self._q)
+        self._stream = ChunkStream(self._redis)
+        self._jobs = JobStore(self._redis, self._q)
+        self._nodes = NodeRegistry(self._redis)
         self._schedule_poll(0)
 
     def on_stop(self) -> None:
@@ -126,9 +133,19 @@ class QueueConsumer(SupervisedActor):
             self._redis.close()
 
     @property
-    def store(self) -> JobStore:
-        assert self._store is not None
-        return self._store
+    def stream(self) -> ChunkStream:
+        assert self._stream is not None, "QueueConsumer used before on_start"
+        return self._stream
+
+    @property
+    def jobs(self) -> JobStore:
+        assert self._jobs is not None, "QueueConsumer used before on_start"
+        return self._jobs
+
+    @property
+    def nodes(self) -> NodeRegistry:
+        assert self._nodes is not None, "QueueConsumer used before on_start"
+        return self._nodes
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -160,7 +177,7 @@ class QueueConsumer(SupervisedActor):
         try:
             self._renew()
             self._heartbeat()
-            self.store.move_due_retries()
+            self.stream.move_due_retries()
             if not self._draining:
                 took = self._take_work()
         except redis.RedisError as exc:
@@ -180,7 +197,7 @@ class QueueConsumer(SupervisedActor):
     def _create_group(self) -> bool:
         """A new (or emptied) Redis: create the stream and its group; False if Redis refuses that too."""
         try:
-            self.store.ensure_group()
+            self.stream.ensure_group()
         except redis.RedisError:
             return False
         return True
@@ -193,10 +210,10 @@ class QueueConsumer(SupervisedActor):
         """Trim, then beat: trimming frees memory, so it runs even while Redis refuses writes."""
         now = time.monotonic()
         if now - self._heartbeat_at >= self._q.heartbeat_s:
-            trimmed = self.store.trim()
+            trimmed = self.stream.trim()
             if trimmed:
                 log.debug("trimmed %d acknowledged chunk tasks from the stream", trimmed)
-            self.store.heartbeat(self._consumer, {**self._node, "busy": len(self._running)})
+            self.nodes.beat(replace(self._node, busy=len(self._running)), self._q.heartbeat_s)
             self._heartbeat_at = now
 
     def _renew(self) -> None:
@@ -209,7 +226,7 @@ class QueueConsumer(SupervisedActor):
                 self._tell_result(ChunkFailure(running.delivery, "the transcription slot crashed"))
             elif now - running.renewed_at >= self._q.stall_interval_s / 3:
                 due.append(running)
-        self.store.renew(self._consumer, [r.delivery.entry_id for r in due] + [d.entry_id for d in self._unstarted])
+        self.stream.renew(self._consumer, [r.delivery.entry_id for r in due] + [d.entry_id for d in self._unstarted])
         for running in due:
             running.renewed_at = now
 
@@ -225,7 +242,7 @@ class QueueConsumer(SupervisedActor):
             self._unstarted = self._reclaim_stalled(free)
         if not self._unstarted:
             block_ms = round(self._q.poll_s * 1000)
-            self._unstarted = self.store.read_new(self._consumer, free, block_ms)
+            self._unstarted = self.stream.read_new(self._consumer, free, block_ms)
         took = 0
         while self._unstarted:
             self._start(self._unstarted[0])
@@ -236,42 +253,42 @@ class QueueConsumer(SupervisedActor):
     def _reclaim_stalled(self, count: int) -> list[Delivery]:
         stall_ms = round(self._q.stall_interval_s * 1000)
         claimable = []
-        for entry_id, deliveries in self.store.stalled(stall_ms, count):
+        for entry_id, deliveries in self.stream.stalled(stall_ms, count):
             if entry_id in self._running:
                 continue
             if deliveries > self._q.max_stalls:
-                delivery = self.store.entry(entry_id)
+                delivery = self.stream.entry(entry_id)
                 if delivery is not None:
                     reason = f"chunk {delivery.task.index} stalled {deliveries} times (a worker died holding it)"
                     self._tell_result(ChunkFailure(delivery, reason, dead=True))
                 continue
             claimable.append(entry_id)
-        claimed = self.store.claim(self._consumer, claimable, stall_ms)
+        claimed = self.stream.claim(self._consumer, claimable, stall_ms)
         for delivery in claimed:
             log.warning("reclaimed stalled chunk %d of job %s", delivery.task.index, delivery.task.job_id)
         return claimed
 
     def _start(self, delivery: Delivery) -> None:
         task = delivery.task
-        status, choices, stored = self.store.job_status(task.job_id)
+        status, choices, stored = self.jobs.job_status(task.job_id)
         if status in (None, "failed", "completed"):
             # A chunk left queued when its job failed, or handed back after it completed: nothing to do.
-            self.store.ack(delivery)
+            self.stream.ack(delivery)
             log.info("dropped chunk %d of job %s: the job is %s", task.index, task.job_id, status or "gone")
             return
         slot = self._slots.acquire(0)
         if slot is None:  # a short upload took the slot meanwhile
-            self.store.hand_back(delivery)
+            self.stream.hand_back(delivery)
             return
         try:
-            flac = self.store.chunk_audio(task)
+            flac = self.stream.chunk_audio(task)
         except redis.RedisError:
             self._slots.release(slot)
             raise
         if flac is None:
             self._slots.release(slot)
-            if self.store.has_result(task):  # a copy handed back after its first delivery was recorded
-                self.store.ack(delivery)
+            if self.stream.has_result(task):  # a copy handed back after its first delivery was recorded
+                self.stream.ack(delivery)
                 return
             self._tell_result(ChunkFailure(delivery, f"chunk {task.index} audio is missing"))
             return
@@ -285,7 +302,7 @@ class QueueConsumer(SupervisedActor):
             ref.tell(TranscribeChunk(delivery, flac, options, self.actor_ref, record_to, self._consumer))
         except pykka.ActorDeadError:
             self._slots.release(slot)
-            self.store.hand_back(delivery)
+            self.stream.hand_back(delivery)
             return
         self._running[delivery.entry_id] = _Running(delivery, slot, ref, time.monotonic())
 
@@ -299,14 +316,14 @@ class QueueConsumer(SupervisedActor):
         handed = 0
         for delivery in [r.delivery for r in self._running.values()] + self._unstarted:
             try:
-                self.store.hand_back(delivery)
+                self.stream.hand_back(delivery)
                 handed += 1
             except redis.RedisError as exc:
                 log.warning("could not hand back chunk %s: %s (it will be reclaimed)", delivery.entry_id, exc)
         self._running.clear()
         self._unstarted.clear()
         with contextlib.suppress(redis.RedisError):
-            self.store.forget_node(self._consumer)
+            self.nodes.forget(self._consumer)
         return handed
 
     def _tell_result(self, message: object) -> None:

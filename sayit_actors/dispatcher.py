@@ -16,7 +16,6 @@ the next upload at once. A job's decoding options are computed here, once, and s
 from __future__ import annotations
 
 import enum
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,8 +32,8 @@ from sayit_actors.engines import TranscriptionOptions
 from sayit_actors.errors import InvalidLanguage
 from sayit_actors.replies import Asked, Forward
 from sayit_actors.slots import SlotPool, WorkPool
-from sayit_actors.store import keys
-from sayit_actors.store.jobs import Owner
+from sayit_actors.store.nodes import NodeRegistry
+from sayit_actors.store.records import Owner
 from sayit_actors.store.redis_server import client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor
 
@@ -121,10 +120,12 @@ class Dispatcher(SupervisedActor):
         self._lookup = lookup
         self._local_queue = local_queue  # this node consumes the queue itself
         self._redis: redis.Redis | None = None
+        self._nodes: NodeRegistry | None = None
 
     def on_start(self) -> None:
         # Its own client, for one quick look: whether any queue node is live.
         self._redis = redis.Redis.from_url(self._redis_url, **client_options())
+        self._nodes = NodeRegistry(self._redis)
 
     def on_stop(self) -> None:
         if self._redis is not None:
@@ -167,10 +168,8 @@ class Dispatcher(SupervisedActor):
         """This node consumes the queue, or some queue node's heartbeat is live."""
         if self._local_queue:
             return True
-        assert self._redis is not None, "Dispatcher used before on_start"
-        names = list(self._redis.scan_iter(match=keys.NODE_PATTERN, count=100))
-        beats: Any = self._redis.mget(names) if names else []  # redis-py types replies as sync-or-async
-        return any(int(json.loads(beat).get("slots", 0)) for beat in beats if beat)
+        assert self._nodes is not None, "Dispatcher used before on_start"
+        return any(node.slots for node in self._nodes.live())
 
 
 def options_for(

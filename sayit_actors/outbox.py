@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import time
 from concurrent.futures import Future
@@ -38,6 +37,7 @@ from config import ApiSettings
 from sayit_actors.callbacks import SENDERS, CallbackSender, job_payload
 from sayit_actors.metrics import Metrics
 from sayit_actors.store import keys
+from sayit_actors.store.merge import Transcript
 from sayit_actors.store.redis_server import Outage, client_options
 from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_if_alive, tell_later
 
@@ -230,7 +230,7 @@ class CallbackDispatcher(SupervisedActor):
             return
         job = {k.decode(): v.decode() for k, v in raw_job.items()}
         raw_result = self._redis.get(keys.job_result(job_id)) if event == "job.completed" else None
-        payload = job_payload(job_id, event, job, json.loads(raw_result) if raw_result else None)
+        payload = job_payload(job_id, event, job, Transcript.from_json(raw_result) if raw_result else None)
         assert self._sender is not None, "CallbackDispatcher used before on_start"
         self._held[entry_id] = time.monotonic()
         future = self._sender.send(url, event, payload)

@@ -28,8 +28,10 @@ import redis
 from config import QueueSettings
 from sayit_actors.metrics import Metrics
 from sayit_actors.store import keys
-from sayit_actors.store.jobs import Delivery, JobStore
+from sayit_actors.store.jobs import JobStore
+from sayit_actors.store.records import Delivery
 from sayit_actors.store.redis_server import Outage, client_options
+from sayit_actors.store.stream import ChunkStream
 from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_later
 
 log = logging.getLogger(__name__)
@@ -133,7 +135,7 @@ class ResultActor(SupervisedActor):
         self._redis = redis.Redis.from_url(self._redis_url, **client_options())
         self._store = JobStore(self._redis, self._queue)
         try:
-            self._store.ensure_group()  # so tasks queued before any worker starts are read too
+            ChunkStream(self._redis).ensure_group()  # so tasks queued before any worker starts are read too
         except redis.RedisError as exc:
             log.warning("could not create the chunk stream's consumer group yet: %s", exc)
 

@@ -32,6 +32,7 @@ from sayit_actors.probe import DurationProbe
 from sayit_actors.result import ResultActor
 from sayit_actors.slots import SlotPool, WorkPool
 from sayit_actors.splitter import Splitter
+from sayit_actors.store.nodes import Node
 from sayit_actors.supervisor import ChildSpec, ChildStatus, Directory, GetStatus, StartAll, Supervisor
 from sayit_actors.upload import UploadActor
 from sayit_actors.whisper import WhisperActor
@@ -110,7 +111,7 @@ class ActorSystem:
             for s in slots
         ]
         if self.consumes_queue:
-            node = {"id": settings.worker_id, "role": mode.value, "slots": len(slots)}
+            node = Node(settings.worker_id, mode.value, len(slots))
             specs.append(
                 ChildSpec(
                     CONSUMER,

@@ -29,7 +29,7 @@ from sayit_actors.caller import Caller
 from sayit_actors.engines import DETECT_S, Engine, Segment, Transcript, TranscriptionOptions
 from sayit_actors.errors import EngineFailure
 from sayit_actors.result import RecordChunk
-from sayit_actors.store.jobs import Delivery
+from sayit_actors.store.records import Delivery
 from sayit_actors.supervisor import ActorBroken, SupervisedActor, Supervisor, Told
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from config import ApiSettings, Settings, WorkerMode
 from sayit_actors.audio.chunking import Span
 from sayit_actors.store import keys
 from sayit_actors.store.jobs import JobStore
+from sayit_actors.store.stream import ChunkStream
 from tests.test_security import SECRET, verify_standard_webhook
 
 Received = list[tuple[dict[str, Any], Any]]
@@ -48,9 +49,8 @@ async def receiver(aiohttp_server) -> AsyncIterator[tuple[TestServer, Received, 
 @pytest.fixture
 def store(settings: Settings) -> Iterator[JobStore]:
     client = redis.Redis.from_url(settings.redis_url or "")
-    jobs = JobStore(client, settings.queue)
-    jobs.ensure_group()
-    yield jobs
+    ChunkStream(client).ensure_group()
+    yield JobStore(client, settings.queue)
     client.close()
 
 
@@ -66,13 +66,14 @@ def node(settings: Settings, port: int, worker_id: str, claim_s: float = 1.0) ->
 def end_job(jobs: JobStore, job_id: str, outcome: str, url: str | None) -> None:
     """Make a job of two chunks and end it as a worker would: ``completed``, ``failed``, or
     ``unmerged`` (every chunk recorded, then the worker died before merging)."""
+    stream = ChunkStream(jobs.r)
     jobs.create(job_id, "en", 42.0, SPANS, f"{job_id[:4]}.mp3", callback_url=url)
-    deliveries = jobs.read_new("worker-1", 10, 100)
+    deliveries = stream.read_new("worker-1", 10, 100)
     assert sorted(d.task.index for d in deliveries) == [0, 1] and {d.task.job_id for d in deliveries} == {job_id}
     if outcome == "failed":
         assert jobs.fail(deliveries[0], "chunk 0 could not be decoded")
         for delivery in deliveries[1:]:
-            jobs.ack(delivery)
+            stream.ack(delivery)
         return
     for delivery in deliveries:
         span = SPANS[delivery.task.index]

@@ -19,7 +19,8 @@ from aiohttp.test_utils import TestClient
 
 from config import ApiSettings, Settings
 from http_edge import openai_api, transcribe
-from sayit_actors.store.jobs import Delivery, JobStore, Task
+from sayit_actors.store.jobs import JobStore
+from sayit_actors.store.records import Delivery, Task
 from tests.conftest import wait_for_job
 from tests.test_clients import read_sse, upload
 

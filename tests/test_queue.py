@@ -15,6 +15,7 @@ from sayit_actors.audio.chunking import split
 from sayit_actors.result import today
 from sayit_actors.store import keys
 from sayit_actors.store.jobs import JobStore
+from sayit_actors.store.stream import ChunkStream
 from tests.clips import normalized
 from tests.conftest import wait_for_job
 from tests.forms import upload
@@ -87,12 +88,13 @@ async def test_queue_full_refuses_new_jobs_and_writes_nothing(make_client, setti
 
 def test_recording_a_chunk_twice_changes_nothing(corpus: Path, settings: Settings) -> None:
     jobs = store(settings)
-    jobs.ensure_group()
+    stream = ChunkStream(jobs.r)
+    stream.ensure_group()
     chunks = split(decode(corpus / "jfk.flac"), max_s=6.0)
     total = len(chunks)
     assert total >= 2 and all(c.duration_s <= 6.0 for c in chunks)
     jobs.create("a" * 32, "en", 11.0, chunks, "jfk.flac")
-    deliveries = jobs.read_new("worker-1", 10, 100)
+    deliveries = stream.read_new("worker-1", 10, 100)
     assert [d.task.index for d in deliveries] == list(range(total))
 
     def result(i: int, text: str) -> dict:
@@ -104,8 +106,8 @@ def test_recording_a_chunk_twice_changes_nothing(corpus: Path, settings: Setting
     for i in range(1, total):
         assert jobs.record_chunk(deliveries[i], result(i, f"w{i}")) == (True, i + 1, total)
     merged = jobs.finish("a" * 32)
-    assert merged is not None and merged["transcription"] == " ".join(f"w{i}" for i in range(total))
-    assert [s["start"] for s in merged["segments"]] == [round(c.start_s, 3) for c in chunks]
+    assert merged is not None and merged.text == " ".join(f"w{i}" for i in range(total))
+    assert [s["start"] for s in merged.segments] == [round(c.start_s, 3) for c in chunks]
     assert jobs.get("a" * 32)["status"] == "completed"  # type: ignore[index]
     assert jobs.r.xpending(keys.CHUNKS, keys.CHUNKS_GROUP)["pending"] == 0
 
@@ -151,15 +153,15 @@ async def test_a_stalled_chunk_is_reclaimed_once_then_dead_lettered(
     make_client, settings: Settings, corpus: Path
 ) -> None:  # type: ignore[no-untyped-def]
     api, start_queue_node = await _split_roles(make_client, settings)
-    jobs = store(settings)
+    stream = ChunkStream(store(settings).r)
     reclaimed = await submit(api, corpus / "multilingual.mp3")
     # A worker takes every task and dies: nothing renews them.
-    held = jobs.read_new("dead-node", 10, 500)
+    held = stream.read_new("dead-node", 10, 500)
     assert len(held) == 3
     stalled_twice = await submit(api, corpus / "multilingual.mp3")
-    twice = jobs.read_new("dead-node", 10, 500)
+    twice = stream.read_new("dead-node", 10, 500)
     # ...and its tasks were already reclaimed once by another worker that died too.
-    jobs.r.xclaim(keys.CHUNKS, keys.CHUNKS_GROUP, "second-dead-node", 0, [d.entry_id for d in twice])
+    stream.r.xclaim(keys.CHUNKS, keys.CHUNKS_GROUP, "second-dead-node", 0, [d.entry_id for d in twice])
 
     await start_queue_node(stall_interval_s=1.0)
     data = await wait_for_job(api, reclaimed["jobId"])

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from config import Settings, WorkerMode
 from http_edge.keys import REDIS
 from sayit_actors.store import keys
-from sayit_actors.store.jobs import JobStore, Task
+from sayit_actors.store.records import Task
 from sayit_actors.store.redis_server import (
     DataFolderBusy,
     EmbeddedRedis,
@@ -33,6 +33,7 @@ from sayit_actors.store.redis_server import (
     redis_binary,
     stop_leftover,
 )
+from sayit_actors.store.stream import ChunkStream
 from tests.conftest import wait_for_job
 from tests.forms import upload
 from tests.processes import serve
@@ -124,28 +125,28 @@ def _answers(client: redis.Redis) -> bool:
 # --- no model ----------------------------------------------------------------------------------
 def test_trim_removes_acknowledged_tasks_only(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url or "")
-    jobs = JobStore(client, settings.queue)
-    assert jobs.trim() == 0  # nothing was ever queued
-    jobs.ensure_group()
+    stream = ChunkStream(client)
+    assert stream.trim() == 0  # nothing was ever queued
+    stream.ensure_group()
     ids = [client.xadd(keys.CHUNKS, Task("a" * 32, i, i * 1000, 1000, "en").fields()).decode() for i in range(6)]
-    read = jobs.read_new("worker-1", 4, 100)
+    read = stream.read_new("worker-1", 4, 100)
     assert [d.entry_id for d in read] == ids[:4]
-    jobs.ack(read[0])
-    jobs.ack(read[2])
+    stream.ack(read[0])
+    stream.ack(read[2])
 
     def left() -> list[str]:
         return [entry_id.decode() for entry_id, _ in client.xrange(keys.CHUNKS)]
 
-    assert jobs.trim() == 1  # only what is older than the oldest pending task (ids[1]) goes
+    assert stream.trim() == 1  # only what is older than the oldest pending task (ids[1]) goes
     assert left() == ids[1:]
-    jobs.ack(read[1])
-    assert jobs.trim() == 2 and left() == ids[3:]
-    assert jobs.entry(ids[3]) is not None  # a pending task is still there to be reclaimed
-    jobs.ack(read[3])
-    assert jobs.trim() == 1 and left() == ids[4:]  # never delivered: kept
-    for delivery in jobs.read_new("worker-1", 10, 100):
-        jobs.ack(delivery)
-    assert jobs.trim() == 2 and client.xlen(keys.CHUNKS) == 0
+    stream.ack(read[1])
+    assert stream.trim() == 2 and left() == ids[3:]
+    assert stream.entry(ids[3]) is not None  # a pending task is still there to be reclaimed
+    stream.ack(read[3])
+    assert stream.trim() == 1 and left() == ids[4:]  # never delivered: kept
+    for delivery in stream.read_new("worker-1", 10, 100):
+        stream.ack(delivery)
+    assert stream.trim() == 2 and client.xlen(keys.CHUNKS) == 0
     assert client.xpending(keys.CHUNKS, keys.CHUNKS_GROUP)["pending"] == 0
     client.close()
 

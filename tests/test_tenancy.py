@@ -25,7 +25,9 @@ from sayit_actors.audio import decode
 from sayit_actors.audio.chunking import split
 from sayit_actors.errors import QueueFull
 from sayit_actors.store import keys
-from sayit_actors.store.jobs import JobStore, Owner
+from sayit_actors.store.jobs import JobStore
+from sayit_actors.store.records import Owner
+from sayit_actors.store.stream import ChunkStream
 from tests import forms
 
 ALPHA, BETA = "sk-alpha-0f3c9a71e2", "sk-beta-77d1b0c4aa"
@@ -288,8 +290,9 @@ async def test_a_tenant_past_its_share_of_the_queue_gets_queue_full_alone(
 def test_a_tenants_queued_audio_follows_its_chunks(settings: Settings, corpus: Path) -> None:
     r = redis.Redis.from_url(settings.redis_url or "")
     jobs = JobStore(r, replace(settings.queue, max_queued_audio_s=60.0))
+    stream = ChunkStream(r)
     try:
-        jobs.ensure_group()
+        stream.ensure_group()
         chunks = split(decode(corpus / "jfk.flac"), max_s=6.0)
         owner = Owner("alpha", 0.5)
         jobs.create("a" * 32, "en", 11.0, chunks, "jfk.flac", owner=owner)
@@ -299,7 +302,7 @@ def test_a_tenants_queued_audio_follows_its_chunks(settings: Settings, corpus: P
         with pytest.raises(QueueFull):  # 33 s would pass it (the budget, 60 s, would not)
             jobs.create("c" * 32, "en", 11.0, chunks, "jfk.flac", owner=owner)
         assert int(r.get(keys.tenant_queued_audio_ms("alpha")) or 0) == 2 * queued
-        first, *rest = jobs.read_new("worker-1", 10, 100)
+        first, *rest = stream.read_new("worker-1", 10, 100)
         result = {"start_s": 0.0, "duration_s": chunks[0].duration_s, "text": "w", "language": "en",
                   "segments": [[0.0, 1.0, "w"]]}  # fmt: skip
         jobs.record_chunk(first, result)

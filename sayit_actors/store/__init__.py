@@ -1,2 +1,3 @@
-"""Redis: every key (``keys``), jobs and their chunk stream (``jobs``), the merge of chunk
-results (``merge``) and the embedded server (``redis_server``)."""
+"""Redis: every key (``keys``), jobs (``jobs``), the chunk stream (``stream``), live queue nodes
+(``nodes``), the merge of chunk results (``merge``), the records they share (``records``) and the
+embedded server (``redis_server``)."""

@@ -1,11 +1,11 @@
-"""Jobs, chunk tasks and results in Redis: every multi-key change is one atomic script.
+"""Jobs in Redis: their state, chunk results and ends; every multi-key change is one atomic script.
 
-Used by the ResultActor (job state and results) and the QueueConsumer (claiming tasks); the
-actors own when and why, this module owns how. Guarantees:
+The ResultActor and the Splitters decide when; this module owns how. Recording a chunk or
+failing a job also acknowledges its task in the chunk stream, in the same script: a task leaves
+the stream's pending list only together with its result, its retry entry or its dead letter
+(moving tasks without an outcome is ``stream.py``'s). Guarantees:
 - a job and its tasks appear together or not at all (``create``);
 - recording a chunk result twice changes nothing (``record_chunk``: HSETNX);
-- a task leaves the stream's pending list only together with its result, its retry entry or
-  its dead letter;
 - an ended job with a callback URL gets exactly one outbox entry (``queue_callback``): in the
   same step as its merge, right after its failure.
 """
@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -26,49 +23,11 @@ from config import QueueSettings
 from sayit_actors.audio.chunking import Chunk, Span, to_flac
 from sayit_actors.errors import QueueFull
 from sayit_actors.store import keys
+from sayit_actors.store.merge import Transcript, chunk_progress, merge
+from sayit_actors.store.records import Delivery, Owner, Task, now_ms
 
 DEAD_LETTER_MAXLEN = 10_000
 PENDING_AUDIO_TTL_S = 3600  # audio written before its job exists expires if the job never does
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass(frozen=True)
-class Task:
-    job_id: str
-    index: int
-    start_ms: int
-    duration_ms: int
-    language: str
-    attempt: int = 1
-
-    def fields(self) -> dict[str, str]:
-        return {
-            "job": self.job_id, "index": str(self.index), "start_ms": str(self.start_ms),
-            "duration_ms": str(self.duration_ms), "language": self.language, "attempt": str(self.attempt),
-        }  # fmt: skip
-
-    @classmethod
-    def from_fields(cls, raw: dict[bytes, bytes]) -> Task:
-        f = {k.decode(): v.decode() for k, v in raw.items()}
-        return cls(f["job"], int(f["index"]), int(f["start_ms"]), int(f["duration_ms"]), f["language"],
-                   int(f.get("attempt", "1")))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The tenant a job belongs to, and the most of the queued-audio budget its jobs may hold."""
-
-    name: str
-    queue_share: float = 1.0
-
-
-@dataclass(frozen=True)
-class Delivery:
-    entry_id: str
-    task: Task
 
 
 _CREATE = """
@@ -110,7 +69,7 @@ return #KEYS - 1
 
 _RECORD = """
 -- KEYS: job, results, audio, stream, queued_ms, events
--- ARGV: group, entry, index, result, duration_ms, now, the chunk as its progress event shows it (json),
+-- ARGV: group, entry, index, result, duration_ms, now, the chunk's progress record (json),
 --       the owner's queued_ms key prefix
 redis.call('XACK', KEYS[4], ARGV[1], ARGV[2])
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -158,20 +117,6 @@ end
 return 1
 """
 
-_MOVE_DUE = """
--- KEYS: retries, stream   ARGV: now
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, member in ipairs(due) do
-  local task = cjson.decode(member)
-  local args = {}
-  for k, v in pairs(task) do table.insert(args, k); table.insert(args, v) end
-  redis.call('XADD', KEYS[2], '*', unpack(args))
-  redis.call('ZREM', KEYS[1], member)
-end
-return #due
-"""
-
-
 _QUEUE_CALLBACK = """
 -- KEYS: job, callbacks   ARGV: job id
 -- One delivery per job: an ended job with a callback URL gets its outbox entry once, whoever calls.
@@ -192,7 +137,6 @@ class JobStore:
         self._drop_audio = client.register_script(_DROP_AUDIO)
         self._record = client.register_script(_RECORD)
         self._fail = client.register_script(_FAIL)
-        self._move_due = client.register_script(_MOVE_DUE)
         self._queue_callback = client.register_script(_QUEUE_CALLBACK)
 
     # --- jobs --------------------------------------------------------------------------------
@@ -271,9 +215,19 @@ class JobStore:
         raw: dict[bytes, bytes] = self.r.hgetall(keys.job(job_id))
         return {k.decode(): v.decode() for k, v in raw.items()} or None
 
-    def result(self, job_id: str) -> dict[str, Any] | None:
+    def result(self, job_id: str) -> Transcript | None:
         raw = self.r.get(keys.job_result(job_id))
-        return json.loads(raw) if raw else None
+        return Transcript.from_json(raw) if raw else None
+
+    def job_status(self, job_id: str) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
+        """The job's status (None when it does not exist), the choices it was submitted with, and
+        its stored decoding options (None for a job made before they were stored)."""
+        status, choices, options = self.r.hmget(keys.job(job_id), ["status", "choices", "options"])
+        return (
+            status.decode() if status else None,
+            json.loads(choices) if choices else {},
+            json.loads(options) if options else None,
+        )
 
     def queued_audio_s(self) -> float:
         return int(self.r.get(keys.QUEUED_AUDIO_MS) or 0) / 1000
@@ -282,12 +236,11 @@ class JobStore:
     def record_chunk(self, delivery: Delivery, result: dict[str, Any]) -> tuple[bool, int, int]:
         """(newly recorded, chunks done, chunks in all); acks the task in the same step."""
         task = delivery.task
-        event = {"index": task.index, **chunk_view(result)}
         added, done, total = self._record(
             keys=[keys.job(task.job_id), keys.chunk_results(task.job_id), keys.chunk_audio(task.job_id, task.index),
                   keys.CHUNKS, keys.QUEUED_AUDIO_MS, keys.job_events(task.job_id)],
             args=[keys.CHUNKS_GROUP, delivery.entry_id, task.index, json.dumps(result), task.duration_ms, now_ms(),
-                  json.dumps(event, ensure_ascii=False), keys.tenant_queued_audio_ms("")],
+                  chunk_progress(task.index, result).to_json(), keys.tenant_queued_audio_ms("")],
         )  # fmt: skip
         return bool(added), int(done), int(total)
 
@@ -322,7 +275,7 @@ class JobStore:
         self.queue_callback(job_id)  # also when an earlier call failed it: that call's entry may be missing
         return bool(failed)
 
-    def finish(self, job_id: str) -> dict[str, Any] | None:
+    def finish(self, job_id: str) -> Transcript | None:
         """Merge the chunk results into the job's result (idempotent); None if chunks are missing."""
         job = self.get(job_id)
         if job is None or job.get("status") == "failed":
@@ -348,11 +301,11 @@ class JobStore:
         return result
 
     def _write_merge(
-        self, pipe: redis.client.Pipeline, job_id: str, total: str, result: dict[str, Any], first: bool
+        self, pipe: redis.client.Pipeline, job_id: str, total: str, result: Transcript, first: bool
     ) -> None:
         ttl = self.q.result_ttl_s
         pipe.multi()
-        pipe.set(keys.job_result(job_id), json.dumps(result), ex=ttl)
+        pipe.set(keys.job_result(job_id), result.to_json(), ex=ttl)
         pipe.hset(keys.job(job_id), mapping={"status": "completed", "finished_at": now_ms()})
         self._queue_callback(keys=[keys.job(job_id), keys.CALLBACKS], args=[job_id], client=pipe)
         if first:
@@ -375,154 +328,3 @@ class JobStore:
             pipe.hincrby(key, "chunk_engine_ms", round(engine_s * 1000))
             pipe.expire(key, keys.STATS_TTL_S)
             pipe.execute()
-
-    # --- the stream ----------------------------------------------------------------------------
-    def ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(keys.CHUNKS, keys.CHUNKS_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    def read_new(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
-        reply = self.r.xreadgroup(keys.CHUNKS_GROUP, consumer, {keys.CHUNKS: ">"}, count=count, block=block_ms)
-        return [Delivery(eid.decode(), Task.from_fields(f)) for _, entries in reply or [] for eid, f in entries if f]
-
-    def stalled(self, min_idle_ms: int, count: int) -> list[tuple[str, int]]:
-        """(entry id, deliveries so far) of tasks nobody has renewed for ``min_idle_ms``."""
-        rows = self.r.xpending_range(keys.CHUNKS, keys.CHUNKS_GROUP, "-", "+", count, idle=min_idle_ms)
-        return [(row["message_id"].decode(), int(row["times_delivered"])) for row in rows]
-
-    def claim(self, consumer: str, entry_ids: list[str], min_idle_ms: int) -> list[Delivery]:
-        if not entry_ids:
-            return []
-        claimed = self.r.xclaim(keys.CHUNKS, keys.CHUNKS_GROUP, consumer, min_idle_ms, entry_ids)
-        return [Delivery(eid.decode(), Task.from_fields(f)) for eid, f in claimed if f]
-
-    def entry(self, entry_id: str) -> Delivery | None:
-        rows = self.r.xrange(keys.CHUNKS, entry_id, entry_id)
-        return Delivery(entry_id, Task.from_fields(rows[0][1])) if rows else None
-
-    def renew(self, consumer: str, entry_ids: list[str]) -> None:
-        """Reset the idle time of tasks this consumer is working on (JUSTID: no delivery counted)."""
-        if entry_ids:
-            self.r.xclaim(keys.CHUNKS, keys.CHUNKS_GROUP, consumer, 0, entry_ids, justid=True)
-
-    def hand_back(self, delivery: Delivery) -> None:
-        """Put an unfinished task back at the end of the stream without counting a stall."""
-        with self.r.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.CHUNKS, delivery.task.fields())
-            pipe.xack(keys.CHUNKS, keys.CHUNKS_GROUP, delivery.entry_id)
-            pipe.execute()
-
-    def ack(self, delivery: Delivery) -> None:
-        """Acknowledge a task that has nothing to record (its job ended or expired)."""
-        self.r.xack(keys.CHUNKS, keys.CHUNKS_GROUP, delivery.entry_id)
-
-    def trim(self) -> int:
-        """Delete acknowledged tasks from the stream; returns how many went.
-
-        Everything older than the oldest task still pending or not yet delivered (in any group)
-        goes. The groups' last-delivered ids are read before their pending lists: a task delivered
-        in between is newer than the id read, and one acknowledged in between may go anyway.
-        """
-        try:
-            groups = self.r.xinfo_groups(keys.CHUNKS)
-        except redis.ResponseError as exc:
-            if "no such key" in str(exc):  # nothing was ever queued
-                return 0
-            raise
-        if not groups:
-            return 0  # without a group nobody knows what was delivered
-        with self.r.pipeline(transaction=False) as pipe:
-            for group in groups:
-                pipe.xpending(keys.CHUNKS, group["name"])
-            pending = pipe.execute()
-        keep = []
-        for group, summary in zip(groups, pending, strict=True):
-            ms, seq = _stream_id(group["last-delivered-id"])
-            keep.append((ms, seq + 1))  # the first entry this group has not been given
-            if summary["pending"]:
-                keep.append(_stream_id(summary["min"]))
-        ms, seq = min(keep)
-        return int(self.r.xtrim(keys.CHUNKS, minid=f"{ms}-{seq}", approximate=False))
-
-    def move_due_retries(self) -> int:
-        return int(self._move_due(keys=[keys.RETRIES, keys.CHUNKS], args=[now_ms()]))
-
-    def has_result(self, task: Task) -> bool:
-        """Whether the task's chunk is already transcribed (its audio is deleted then)."""
-        return bool(self.r.hexists(keys.chunk_results(task.job_id), str(task.index)))
-
-    def chunk_audio(self, task: Task) -> bytes | None:
-        data = self.r.get(keys.chunk_audio(task.job_id, task.index))
-        return data
-
-    def job_status(self, job_id: str) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
-        """The job's status (None when it does not exist), the choices it was submitted with, and
-        its stored decoding options (None for a job made before they were stored)."""
-        status, choices, options = self.r.hmget(keys.job(job_id), ["status", "choices", "options"])
-        return (
-            status.decode() if status else None,
-            json.loads(choices) if choices else {},
-            json.loads(options) if options else None,
-        )
-
-    # --- nodes -------------------------------------------------------------------------------
-    def heartbeat(self, node_id: str, info: dict[str, Any]) -> None:
-        self.r.set(keys.node(node_id), json.dumps({**info, "at": now_ms()}), px=round(self.q.heartbeat_s * 3000))
-
-    def forget_node(self, node_id: str) -> None:
-        self.r.delete(keys.node(node_id))
-
-
-def _stream_id(raw: bytes | str) -> tuple[int, int]:
-    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
-    return int(ms), int(seq or 0)
-
-
-def shifted_segments(chunk: dict[str, Any]) -> list[dict[str, Any]]:
-    """A chunk result's segments (and words) on the recording's clock."""
-    offset = chunk["start_s"]
-    segments: list[dict[str, Any]] = []
-    for start, end, text, *words in chunk["segments"]:
-        segment = {"start": round(start + offset, 3), "end": round(end + offset, 3), "text": text,
-                   "language": chunk["language"]}  # fmt: skip
-        if words:
-            segment["words"] = [{"start": round(ws + offset, 3), "end": round(we + offset, 3), "word": w,
-                                 "probability": p} for ws, we, w, p in words[0]]  # fmt: skip
-        segments.append(segment)
-    return segments
-
-
-def chunk_view(chunk: dict[str, Any]) -> dict[str, Any]:
-    """A finished chunk as clients see it in a job's live events."""
-    return {"start": chunk["start_s"], "duration": chunk["duration_s"], "language": chunk["language"],
-            "text": chunk["text"], "segments": shifted_segments(chunk),
-            "droppedSegments": int(chunk.get("dropped", 0))}  # fmt: skip
-
-
-def merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """One transcript from chunk results in order: segments (and words) shifted by each chunk's start."""
-    segments: list[dict[str, Any]] = []
-    texts: list[str] = []
-    seconds_by_language: Counter[str] = Counter()
-    done_by: list[dict[str, Any]] = []
-    for index, chunk in enumerate(chunks):
-        offset = chunk["start_s"]
-        done_by.append({"index": index, "start": offset, "duration": chunk["duration_s"],
-                        "language": chunk["language"], "node": chunk.get("node"),
-                        "startedAt": chunk.get("started_at"), "finishedAt": chunk.get("finished_at")})  # fmt: skip
-        segments.extend(shifted_segments(chunk))
-        if chunk["text"]:
-            texts.append(chunk["text"])
-        seconds_by_language[chunk["language"]] += chunk["duration_s"]
-    languages = [lang for lang, _ in seconds_by_language.most_common()]
-    return {
-        "transcription": " ".join(texts),
-        "language": languages[0] if languages else "",
-        "languages": languages,
-        "segments": segments,
-        "droppedSegments": sum(int(chunk.get("dropped", 0)) for chunk in chunks),
-        "chunks": done_by,
-    }

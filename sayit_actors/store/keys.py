@@ -16,11 +16,12 @@ All keys start with ``sayit:``:
 | ``sayit:job:<id>:audio:<n>`` | string | chunk n's audio, FLAC 16 kHz mono | until chunk n is done |
 | ``sayit:job:<id>:results`` | hash | chunk n → its transcript (JSON); a second write is ignored | 24 h after it ends |
 | ``sayit:job:<id>:attempts`` | hash | chunk n → failed attempts | 24 h after it ends |
-| ``sayit:job:<id>:result`` | string | the merged transcript (JSON) | 24 h |
+| ``sayit:job:<id>:result`` | string | the merged transcript (JSON, ``merge.Transcript``) | 24 h |
 | ``sayit:job:<id>:events`` | stream | queued, progress per chunk (with segments), completed, failed | 24 h after end |
 | ``sayit:idem:<sha256>`` | string | an Idempotency-Key's request fingerprint and first response (JSON) | 24 h |
 | ``sayit:cache:<sha256>`` | string | audio and options → the stored result or the job that makes it (JSON) | 24 h |
-| ``sayit:node:<id>`` | string | a live queue node's heartbeat: id, role, slots, busy (JSON) | 3 heartbeats |
+| ``sayit:node:<id>`` | string | a live queue node's heartbeat: id, role, slots, busy, at (JSON) | 3 heartbeats |
+| ``sayit:nodes`` | sorted set | ids of nodes that beat (score: their key's expiry, ms, Redis clock) | 3 heartbeats |
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ RETRIES = f"{PREFIX}chunks:retry"
 QUEUED_AUDIO_MS = f"{PREFIX}queue:audio_ms"
 CALLBACKS = f"{PREFIX}callbacks"
 CALLBACKS_GROUP = "senders"
-NODE_PATTERN = f"{PREFIX}node:*"
+NODES = f"{PREFIX}nodes"
 
 
 def stats(day: dt.date) -> str:
