@@ -21,6 +21,7 @@ from aiohttp import web
 from config import load_settings
 from http_edge import create_app
 from sayit_actors.engines import Segment, Transcript, TranscriptionOptions
+from sayit_actors.engines.batcher import Batcher
 
 
 class FixedTimeEngine:
@@ -34,8 +35,10 @@ class FixedTimeEngine:
     def __init__(self, seconds: float, workers: int) -> None:
         self.seconds = seconds
         self.workers = workers
+        # Never fed: every slot sleeps on its own thread, so the slots, not a batch, set the pace.
+        self.batcher = Batcher(lambda windows: [], batch_size=1, batch_wait_ms=0, name="fixed-time-batcher")
 
-    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
+    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:
         time.sleep(self.seconds)
         duration = audio.shape[0] / 16_000
         segment = Segment(0.0, round(duration, 3), "chunk")

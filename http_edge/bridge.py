@@ -114,7 +114,7 @@ class ActorBridge:
 
     async def lease(self, slots: SlotPool, wait_s: float) -> str | None:
         """A slot from ``slots`` within ``wait_s``; given back if the caller is cancelled meanwhile."""
-        future = self._pool.submit(slots.acquire, wait_s)
+        future = self._pool.submit(slots.acquire, wait_s, True)  # urgent: a request waits on it
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:

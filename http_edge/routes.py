@@ -48,6 +48,7 @@ async def health(request: web.Request) -> web.Response:
         "model": engine.model,
         "device": engine.device,
         "computeType": engine.compute_type,
+        "batchSize": engine.batcher.batch_size,
     }
     workers = {
         "node": actors.settings.worker_id,

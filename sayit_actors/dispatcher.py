@@ -3,9 +3,10 @@
 Short uploads (≤ ``sync_max_duration_s`` and ≤ ``sync_max_bytes``) are transcribed at once on
 a local slot: the Dispatcher leases a free one to the caller (``Plan.slot``), and the caller
 gives it back when the slot has answered, so the Dispatcher's inbox never waits on a
-transcription. When every slot is busy, a queue with live workers takes the upload at once
-(202); without one, the caller may wait up to ``slot_wait_s`` for a slot (``Plan.slot_wait_s``:
-that wait runs on the edge, off this actor's thread), then gets 503.
+transcription. When every slot is busy, the caller waits for the next slot given back (short
+uploads before queued chunks; ``Plan.slot_wait_s``: that wait runs on the edge, off this actor's
+thread) if the slots' recent pace says it comes within ``slot_wait_s``, or when no queue could
+take the upload (503 if none came); otherwise a queue with live workers takes it at once (202).
 
 Long uploads, and short ones the busy slots send to the queue, are handed to a Splitter
 (``sayit_actors.splitter``: decoding, cutting and storing chunk audio), the least loaded of the
@@ -148,9 +149,10 @@ class Dispatcher(SupervisedActor):
         if self.mode_for(msg.size_bytes, msg.info.duration_s) is Mode.SYNC:
             options = options_for(profile, msg.choices, self._silence, queued=False)
             msg.caller.check()  # gone: no slot leased for nobody
-            if (slot := self._slots.acquire(0)) is not None:
+            if (slot := self._slots.acquire(0, urgent=True)) is not None:
                 return Plan(Mode.SYNC, options, slot=slot)
-            if not self._queue_has_workers():
+            wait_s = self._slots.expected_wait_s()
+            if (wait_s is not None and wait_s <= self._limits.slot_wait_s) or not self._queue_has_workers():
                 return Plan(Mode.SYNC, options, slot_wait_s=self._limits.slot_wait_s)
         queued = options_for(profile, msg.choices, self._silence, queued=True)
         return self._split(Split(msg, queued))

@@ -6,7 +6,12 @@ concurrency (``sum(sayit_chunk_slots_busy) / sum(sayit_chunk_slots)``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from sayit_actors.engines.batcher import BatchStats
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 
@@ -69,6 +74,19 @@ class Metrics:
         # Under noeviction a Redis at maxmemory refuses writes: uploads get 503 until memory is freed.
         self.redis_memory_used = Gauge("sayit_redis_memory_used_bytes", "Memory Redis uses (used_memory)", registry=r)
         self.redis_memory_max = Gauge("sayit_redis_memory_max_bytes", "Redis maxmemory; 0: no limit", registry=r)
+        # The engine's batched passes: their rates give windows and audio seconds per second.
+        self.batch_size = Histogram(
+            "sayit_batch_windows", "Windows decoded together in one engine pass",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r,
+        )  # fmt: skip
+        self.batch_wait = Histogram(
+            "sayit_batch_wait_seconds", "Time a window waited for its engine pass", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_pass = Histogram(
+            "sayit_batch_pass_seconds", "Time of one engine pass", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_windows = Counter("sayit_batch_windows_decoded", "Windows decoded in engine passes", registry=r)
+        self.batch_audio = Counter("sayit_batch_audio_seconds", "Audio seconds decoded in engine passes", registry=r)
 
     def set_slots(self, capacity: int, busy: int) -> None:
         self.slots.labels(self.node, self.role).set(capacity)
@@ -80,6 +98,14 @@ class Metrics:
         self.audio_seconds.labels(mode, language, engine).inc(audio_s)
         if audio_s > 0:
             self.real_time_factor.labels(mode, language, engine).observe(engine_s / audio_s)
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.batch_size.observe(stats.windows)
+        self.batch_pass.observe(stats.engine_s)
+        for waited_s in stats.waited_s:
+            self.batch_wait.observe(waited_s)
+        self.batch_windows.inc(stats.windows)
+        self.batch_audio.inc(stats.audio_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,16 +9,23 @@ slot within its bounded wait is told so instead of queueing without end.
 from __future__ import annotations
 
 import threading
+import time
 
 from sayit_actors.metrics import Metrics
 
 
 class SlotPool:
+    """The node's slots. Short uploads (``urgent``) come first: while one waits, a queued chunk
+    gets no slot, so the next one given back is the upload's."""
+
     def __init__(self, names: list[str], metrics: Metrics) -> None:
         self.names = tuple(names)
         self._free = list(names)
         self._cond = threading.Condition()
         self._metrics = metrics
+        self._urgent_waiting = 0
+        self._taken_at: dict[str, float] = {}
+        self._hold_s: float | None = None  # how long a slot is held, a moving average
         self._publish()
 
     @property
@@ -30,21 +37,47 @@ class SlotPool:
         with self._cond:
             return len(self.names) - len(self._free)
 
-    def acquire(self, timeout_s: float) -> str | None:
-        """A free slot's name, waiting up to ``timeout_s``; None when all stayed busy."""
+    def acquire(self, timeout_s: float, urgent: bool = False) -> str | None:
+        """A free slot's name, waiting up to ``timeout_s``; None when all stayed busy (or, for a
+        chunk, when a short upload is waiting for the next one)."""
         with self._cond:
-            if not self._cond.wait_for(lambda: bool(self._free), timeout=timeout_s):
+            self._urgent_waiting += urgent
+            try:
+                ready = self._cond.wait_for(
+                    lambda: bool(self._free) and (urgent or not self._urgent_waiting), timeout=timeout_s
+                )
+            finally:
+                self._urgent_waiting -= urgent
+            if not ready:
                 return None
             name = self._free.pop(0)
+            self._taken_at[name] = time.monotonic()
             self._publish()
             return name
 
     def release(self, name: str) -> None:
         with self._cond:
             if name in self.names and name not in self._free:
+                held_s = time.monotonic() - self._taken_at.pop(name, time.monotonic())
+                self._hold_s = held_s if self._hold_s is None else 0.8 * self._hold_s + 0.2 * held_s
                 self._free.append(name)
                 self._publish()
-                self._cond.notify()
+                self._cond.notify_all()
+
+    @property
+    def urgent_waiting(self) -> int:
+        with self._cond:
+            return self._urgent_waiting
+
+    def expected_wait_s(self) -> float | None:
+        """How long a short upload arriving now would wait for a slot: 0 when one is free, None
+        before any slot was given back (nothing to judge by)."""
+        with self._cond:
+            if self._free:
+                return 0.0
+            if self._hold_s is None:
+                return None
+            return self._hold_s * (self._urgent_waiting + 1) / len(self.names)
 
     def _publish(self) -> None:
         self._metrics.set_slots(len(self.names), len(self.names) - len(self._free))

@@ -148,6 +148,7 @@ class ActorSystem:
 
     def start(self) -> ActorSystem:
         self.supervisor.ask(StartAll(), timeout=30)
+        self.engine.batcher.observers.add(self.metrics.observe_batch)
         return self
 
     def drain(self, timeout_s: float) -> int:
@@ -167,6 +168,7 @@ class ActorSystem:
         return handed
 
     def stop(self) -> None:
+        self.engine.batcher.observers.discard(self.metrics.observe_batch)
         if self.supervisor.is_alive():
             self.supervisor.stop(block=True, timeout=60)
 

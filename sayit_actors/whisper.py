@@ -1,6 +1,7 @@
 """The WhisperActor: one transcription slot on the node's shared engine.
 
-Decoding happens here too, so the CPU work of a request is bounded by the slot count. An
+Decoding happens here too; the engine's batcher decodes the windows of every slot together, so
+the slot count bounds how many windows a node works on at once. An
 engine error is answered to the caller and then crashes the actor, so the Supervisor replaces
 the slot instead of leaving it in whatever state the engine failed in. Bad audio is not an
 engine error: it is answered as UNDECODABLE_AUDIO and the slot carries on.
@@ -110,7 +111,7 @@ class WhisperActor(SupervisedActor):
                     expected_s = message.expected_duration_s
                     samples = audio.decode(message.path, expected_s, max_s=audio.short_bound_s(expected_s))
                     message.caller.check()  # its request is gone (hung up, timed out): no engine call
-                    return self._run(samples, message.options)
+                    return self._run(samples, message.options, urgent=True)
             case DetectLanguage():
                 with self.doing("detecting a language"):
                     samples = audio.window(message.path, DETECT_S, message.expected_duration_s)
@@ -133,9 +134,9 @@ class WhisperActor(SupervisedActor):
             self.actor_ref.tell(_EngineBroke(repr(exc)))
             raise EngineFailure() from exc
 
-    def _run(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcribed:
+    def _run(self, samples: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcribed:
         started = time.perf_counter()
-        transcript = self._engine_call(self._engine.transcribe, samples, options)
+        transcript = self._engine_call(self._engine.transcribe, samples, options, urgent)
         engine_s = time.perf_counter() - started
         transcript, dropped = drop_invented(
             transcript, samples, self._silence.invented_phrases, self._silence.no_speech_threshold

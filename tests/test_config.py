@@ -18,7 +18,7 @@ from sayit_actors.engines import TranscriptionOptions
 def test_defaults() -> None:
     settings = load_settings({})
     assert settings.port == 3000 and settings.worker_mode is WorkerMode.ALL
-    assert settings.max_concurrent_chunks == 4 and settings.redis_url is None
+    assert settings.max_concurrent_chunks == 8 and settings.redis_url is None
     assert settings.limits.max_upload_bytes == 100 * 1024 * 1024
     assert settings.limits.sync_max_duration_s == 30 and settings.limits.sync_max_bytes == 10 * 1024 * 1024
 
@@ -27,7 +27,7 @@ def test_seed_variables_and_role_defaults() -> None:
     settings = load_settings(
         {"WORKER_MODE": "queue_only", "REDIS_URL": "redis://redis:6379/0", "WORKER_ID": "q1", "SAYIT_PORT": "3100"}
     )
-    assert settings.worker_mode is WorkerMode.QUEUE_ONLY and settings.max_concurrent_chunks == 2
+    assert settings.worker_mode is WorkerMode.QUEUE_ONLY and settings.max_concurrent_chunks == 8
     assert settings.redis_url == "redis://redis:6379/0" and settings.worker_id == "q1" and settings.port == 3100
     assert load_settings({"MAX_CONCURRENT_CHUNKS": "6"}).max_concurrent_chunks == 6
     api = load_settings(

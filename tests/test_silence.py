@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,8 +88,8 @@ def test_windows_cover_the_whole_chunk_and_cut_only_long_pauses(corpus: Path) ->
 def test_a_chunk_without_speech_is_not_decoded() -> None:
     calls: list[int] = []
 
-    def decode(samples: np.ndarray, options: TranscriptionOptions) -> Transcript:
-        calls.append(samples.size)
+    def decode(windows: Sequence[np.ndarray], options: TranscriptionOptions) -> list[Transcript]:
+        calls.extend(w.size for w in windows)
         raise AssertionError("decoded")
 
     options = replace(TranscriptionOptions.from_profile(load_profiles()["ko"]), vad=True)

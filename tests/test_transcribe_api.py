@@ -152,11 +152,11 @@ async def test_crashed_whisper_actor_is_restarted(client: TestClient, corpus: Pa
     calls = {"n": 0}
     real = type(engine).transcribe
 
-    def failing_once(self, samples, options):  # type: ignore[no-untyped-def]
+    def failing_once(self, samples, options, urgent=False):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("simulated engine failure")
-        return real(self, samples, options)
+        return real(self, samples, options, urgent)
 
     monkeypatch.setattr(type(engine), "transcribe", failing_once)
     status, body = await post(client, corpus / "jfk.flac", "en")

@@ -41,7 +41,7 @@ ECHO_S = 0.5  # a segment ending this far past the audio it was decoded from was
 # window that, a word at the end of a chunk long, it then took for silence. The window is then
 # decoded again in one piece, without timestamps, and what that adds at its end is kept.
 UNHEARD_S = 0.3
-Decode = Callable[[np.ndarray, TranscriptionOptions], Transcript]
+Decode = Callable[[Sequence[np.ndarray], TranscriptionOptions], list[Transcript]]
 
 
 def normalize(text: str) -> str:
@@ -67,8 +67,9 @@ def _windows(regions: Sequence[tuple[float, float]], duration_s: float) -> list[
 
 
 def transcribe(decode: Decode, samples: np.ndarray, options: TranscriptionOptions) -> Transcript:
-    """``decode`` (one engine call) over ``samples`` as ``options.vad`` asks: in one call, or one
-    call per window (see ``windows``) with each window's segments on the clock of ``samples``.
+    """``decode`` (the engine's decoding of several windows at once) over ``samples`` as
+    ``options.vad`` asks: all of it as one window, or one window per pause (see ``windows``), all
+    handed over together, with each window's segments on the clock of ``samples``.
 
     Each window is decoded on its own, as faster-whisper's batched pipeline does: it detects its
     own language when none is given (the transcript's is the one heard longest; none when no
@@ -77,21 +78,31 @@ def transcribe(decode: Decode, samples: np.ndarray, options: TranscriptionOption
     a sentence said again more than once.
     """
     if not options.vad:
-        return decode(samples, options)
+        return decode([samples], options)[0]
     duration_s = samples.shape[0] / SAMPLE_RATE
     regions = speech_regions(samples)
+    spans = _windows(regions, duration_s)
+    parts = decode([_between(samples, start, end) for start, end in spans], options) if spans else []
+    kept_by_window = [
+        [_shifted(s, start) for s in _without_echo(part.segments, end - start)]
+        for (start, end), part in zip(spans, parts, strict=True)
+    ]
+    unheard = [
+        i
+        for i, kept in enumerate(kept_by_window)
+        if kept and _speech_between(regions, kept[-1].end, spans[i][1]) >= UNHEARD_S
+    ]
+    if unheard:
+        wholes = decode([_between(samples, *spans[i]) for i in unheard], replace(options, without_timestamps=True))
+        for i, whole in zip(unheard, wholes, strict=True):
+            if (rest := _rest(kept_by_window[i], whole, *spans[i])) is not None:
+                kept_by_window[i].append(rest)
     segments: list[Segment] = []
     heard: dict[str, float] = {}
     best: dict[str, float] = {}
     detected = options.language or ""
-    for start, end in _windows(regions, duration_s):
-        part = decode(_between(samples, start, end), options)
+    for (start, end), part, kept in zip(spans, parts, kept_by_window, strict=True):
         detected = detected or part.language
-        kept = [_shifted(s, start) for s in _without_echo(part.segments, end - start)]
-        if kept and _speech_between(regions, kept[-1].end, end) >= UNHEARD_S:
-            whole = decode(_between(samples, start, end), replace(options, without_timestamps=True))
-            if (rest := _rest(kept, whole, start, end)) is not None:
-                kept.append(rest)
         segments.extend(kept)
         if kept:
             heard[part.language] = heard.get(part.language, 0.0) + end - start

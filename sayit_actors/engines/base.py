@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from config import LanguageProfile
+
+if TYPE_CHECKING:
+    from sayit_actors.engines.batcher import Batcher
 
 
 class EngineUnavailable(RuntimeError):
@@ -103,9 +106,11 @@ class Engine(Protocol):
     device: str
     compute_type: str
     workers: int
+    batcher: Batcher
 
-    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
-        """Transcribe 16 kHz mono float32 samples; safe to call from ``workers`` threads at once."""
+    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:
+        """Transcribe 16 kHz mono float32 samples; safe to call from ``workers`` threads at once,
+        whose windows share the engine's batched passes (``urgent`` ones first: short uploads)."""
         ...
 
     def detect_language(self, audio: np.ndarray) -> LanguageGuess:

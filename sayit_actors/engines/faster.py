@@ -1,18 +1,30 @@
 """The faster-whisper engine (CTranslate2): CPU int8 or CUDA float16.
 
-One model per process; ``num_workers`` equals the node's slot count so that the slots' threads
-decode in parallel instead of queueing on one model replica.
+One model per process, driven by one batcher thread with every core (see ``batcher``): the windows
+every slot hands over go through the encoder and the decoder together, the way faster-whisper's
+``BatchedInferencePipeline`` decodes one file's windows, but across requests. Each window keeps
+its own language (detected per window when none is given), prompt and hotwords; windows that
+differ in the settings a pass shares (beam size, patience, word timestamps, task) go in separate
+passes. A window the pass heard badly (compression ratio or average log-probability past the
+profile's thresholds) is decoded again on its own with the profile's temperature ladder.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
 from config import EngineSettings
 from sayit_actors.audio import silence
@@ -28,9 +40,15 @@ from sayit_actors.engines import (
     join_text,
     model_store,
 )
+from sayit_actors.engines.batcher import Batcher, Rest, Window
 
 log = logging.getLogger(__name__)
 _HUB_MODELS = ("tiny", "base", "small", "medium", "large-v2", "large-v3")
+SAMPLE_RATE = 16_000
+N_SAMPLES = 30 * SAMPLE_RATE  # one Whisper window: longer audio is decoded by the sequential path
+MIN_REST_S = 0.5  # speech left after a window's last segment shorter than this is not decoded again
+_PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for attaching punctuation to words
+_APPEND = "\"'.。,，!！?？:：”)]}、"
 
 
 def _device(requested: str) -> str:
@@ -39,20 +57,59 @@ def _device(requested: str) -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
-def _cpu_threads(requested: int, workers: int) -> int:
-    """Threads per worker: the cores shared out so that busy slots do not oversubscribe them."""
-    return requested or max(1, (os.cpu_count() or 1) // workers)
+def _batch_key(options: TranscriptionOptions) -> tuple[Any, ...]:
+    """What the windows of one pass must share (a window's language, prompt and hotwords are its own)."""
+    return (
+        options.language is None,
+        options.language,
+        options.task,
+        options.beam_size,
+        options.patience,
+        options.temperatures[:1],
+        options.word_timestamps,
+        options.without_timestamps,
+    )
+
+
+def _rows(output: ctranslate2.StorageView, rows: list[int]) -> ctranslate2.StorageView:
+    """Some rows of an encoder output (windows of one language in a pass of several)."""
+    on_cpu = output.to_device(ctranslate2.Device.cpu) if output.device != "cpu" else output
+    picked = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(on_cpu)[rows]))
+    return picked.to_device(ctranslate2.Device.cuda) if output.device != "cpu" else picked
+
+
+def _segment(part: dict[str, Any], no_speech_prob: float, avg_logprob: float) -> Segment:
+    return Segment(
+        start=round(float(part["start"]), 3),
+        end=round(float(part["end"]), 3),
+        text=part["text"].strip(),
+        words=tuple(
+            Word(round(float(w["start"]), 3), round(float(w["end"]), 3), w["word"], round(float(w["probability"]), 4))
+            for w in part.get("words") or ()
+        ),
+        no_speech_prob=round(float(no_speech_prob), 4),
+        avg_logprob=round(float(avg_logprob), 4),
+        compression_ratio=round(get_compression_ratio(part["text"]), 4),
+    )
 
 
 class FasterWhisperEngine:
     name = "faster-whisper"
 
-    def __init__(self, model: WhisperModel, model_name: str, device: str, compute_type: str, workers: int):
+    def __init__(
+        self, model: WhisperModel, model_name: str, device: str, compute_type: str, workers: int, batch: EngineSettings
+    ):
         self._model = model
         self.model = model_name
         self.device = device
         self.compute_type = compute_type
         self.workers = workers
+        self.batcher = Batcher(
+            self._decode_batch,
+            batch_size=batch.batch_size_for(device),
+            batch_wait_ms=batch.batch_wait_ms,
+            name="faster-whisper-batcher",
+        )
 
     @property
     def whisper_model(self) -> WhisperModel:
@@ -70,8 +127,8 @@ class FasterWhisperEngine:
         common = {
             "device": device,
             "compute_type": compute_type,
-            "cpu_threads": _cpu_threads(settings.cpu_threads, workers),
-            "num_workers": workers,
+            "cpu_threads": settings.cpu_threads or os.cpu_count() or 1,
+            "num_workers": 1,  # one batcher thread drives the model
         }
         started = time.perf_counter()
         name = settings.model
@@ -107,12 +164,137 @@ class FasterWhisperEngine:
             workers,
             time.perf_counter() - started,
         )
-        return cls(model, name, device, compute_type, workers)
+        return cls(model, name, device, compute_type, workers, settings)
 
-    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
-        return silence.transcribe(self._decode, audio, options)
+    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:
+        return silence.transcribe(functools.partial(self.batcher.decode, urgent=urgent), audio, options)
 
-    def _decode(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
+    def _decode_batch(self, windows: Sequence[Window]) -> list[Transcript | Rest | BaseException]:
+        """Batched passes over the windows, grouped by the settings a pass shares; a window longer
+        than 30 s, or one a pass heard badly, is decoded on its own with the temperature ladder
+        (faster-whisper's sequential ``transcribe``)."""
+        results: list[Transcript | Rest | BaseException | None] = [None] * len(windows)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, window in enumerate(windows):
+            if window.samples.shape[0] <= N_SAMPLES:
+                groups.setdefault(_batch_key(window.options), []).append(i)
+        for members in groups.values():
+            try:
+                heard = self._pass([windows[i] for i in members])
+            except Exception:  # each on its own: a window that fails fails only itself
+                log.exception("a batched pass of %d windows failed; decoding them one by one", len(members))
+                continue
+            for i, transcript in zip(members, heard, strict=True):
+                results[i] = transcript
+        for i, result in enumerate(results):
+            if result is None:
+                try:
+                    results[i] = self._sequential(windows[i].samples, windows[i].options)
+                except Exception as exc:
+                    results[i] = exc
+        return [r for r in results if r is not None]
+
+    def _pass(self, windows: Sequence[Window]) -> list[Transcript | Rest | None]:
+        """Windows (each at most 30 s, same settings) through the encoder and the decoder together.
+
+        A window whose text stops before its end without closing its last segment (Whisper writes
+        what it is sure of and leaves the rest) is answered with a ``Rest`` from its last complete
+        segment, decoded again in a next pass, as the sequential path seeks on; None for a window
+        the sequential path's checks would decode again hotter."""
+        model = self._model
+        options = windows[0].options
+        features = np.stack([pad_or_trim(model.feature_extractor(w.samples)[..., :-1]) for w in windows])
+        encoder_output = model.encode(features.astype(np.float32))
+        languages: list[tuple[str, float]] = []
+        detected = model.model.detect_language(encoder_output) if options.language is None else None
+        for i in range(len(windows)):
+            if detected is None:
+                languages.append((str(options.language), 1.0))
+            else:
+                token, probability = detected[i][0]
+                languages.append((token[2:-2], float(probability)))  # "<|en|>" -> "en"
+        tokenizers = {
+            lang: Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=options.task, language=lang)
+            for lang in {lang for lang, _ in languages}
+        }
+        prompts = [
+            model.get_prompt(
+                tokenizers[lang],
+                previous_tokens=tokenizers[lang].encode(" " + w.options.initial_prompt.strip())
+                if w.options.initial_prompt
+                else [],
+                without_timestamps=options.without_timestamps,
+                hotwords=w.options.hotwords,
+            )
+            for w, (lang, _) in zip(windows, languages, strict=True)
+        ]
+        results = model.model.generate(
+            encoder_output,
+            prompts,
+            beam_size=options.beam_size,
+            patience=options.patience,
+            length_penalty=1,
+            max_length=model.max_length,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(next(iter(tokenizers.values())), [-1]),
+            return_scores=True,
+            return_no_speech_prob=True,
+            sampling_temperature=options.temperatures[0] if options.temperatures else 0.0,
+        )
+        split: list[list[dict[str, Any]]] = []
+        sizes: list[int] = []
+        resumes: list[float | None] = []
+        for window, result, (lang, _) in zip(windows, results, languages, strict=True):
+            tokenizer = tokenizers[lang]
+            size = int(math.ceil(window.audio_s) * model.frames_per_second)
+            parts, seek, _ = model._split_segments_by_timestamps(
+                tokenizer=tokenizer, tokens=result.sequences_ids[0], time_offset=0.0, segment_size=size,
+                segment_duration=window.audio_s, seek=0,
+            )  # fmt: skip
+            for part in parts:
+                part["text"] = tokenizer.decode(part["tokens"])
+            split.append(parts)
+            sizes.append(size)
+            resume_s = seek / model.frames_per_second
+            resumes.append(resume_s if seek < size and window.audio_s - resume_s >= MIN_REST_S else None)
+        if options.word_timestamps:
+            for lang, tokenizer in tokenizers.items():
+                members = [i for i, (language, _) in enumerate(languages) if language == lang]
+                output = encoder_output if len(members) == len(windows) else _rows(encoder_output, members)
+                model.add_word_timestamps(
+                    [split[i] for i in members], tokenizer, output, [sizes[i] for i in members],
+                    _PREPEND, _APPEND, 0.0,
+                )  # fmt: skip
+        out: list[Transcript | Rest | None] = []
+        for window, result, parts, (lang, probability), resume_s in zip(
+            windows, results, split, languages, resumes, strict=True
+        ):
+            seq_len = len(result.sequences_ids[0])
+            avg_logprob = result.scores[0] * seq_len / (seq_len + 1)  # length_penalty 1, as faster-whisper
+            text = "".join(p["text"] for p in parts)
+            silent = result.no_speech_prob > window.options.no_speech_threshold and (
+                avg_logprob < window.options.log_prob_threshold
+            )
+            if (
+                not silent
+                and len(window.options.temperatures) > 1
+                and (
+                    get_compression_ratio(text) > window.options.compression_ratio_threshold
+                    or avg_logprob < window.options.log_prob_threshold
+                )
+            ):
+                out.append(None)  # the sequential path decodes it again with the temperature ladder
+                continue
+            segments = () if silent else tuple(
+                _segment(p, result.no_speech_prob, avg_logprob) for p in parts if p["text"].strip()
+            )  # fmt: skip
+            heard = Transcript(
+                join_text(segments), lang, round(probability, 4), round(window.audio_s, 3), segments, window.options
+            )
+            out.append(heard if silent or resume_s is None else Rest(heard, resume_s))
+        return out
+
+    def _sequential(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
         """One faster-whisper call on all of ``audio`` (its own Silero filter is never used: it
         joins the speech of a chunk into one window, and Whisper stops after the first passage)."""
         segments_iter, info = self._model.transcribe(
@@ -156,6 +338,6 @@ class FasterWhisperEngine:
         )
 
     def detect_language(self, audio: np.ndarray) -> LanguageGuess:
-        language, probability, ranked = self._model.detect_language(audio[:DETECT_SAMPLES])
+        language, probability, ranked = self.batcher.call(lambda: self._model.detect_language(audio[:DETECT_SAMPLES]))
         candidates = tuple((str(lang), round(float(p), 4)) for lang, p in ranked[:LANGUAGE_CANDIDATES])
         return LanguageGuess(str(language), round(float(probability), 4), candidates)

@@ -11,12 +11,13 @@ samples, so no ffmpeg binary is needed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ from sayit_actors.engines import (
     Word,
     join_text,
 )
+from sayit_actors.engines.batcher import Batcher, Rest, Window
 from sayit_actors.engines.mlx_convert import ConversionError, ensure_converted
 
 log = logging.getLogger(__name__)
@@ -100,13 +102,25 @@ _MLX = _MlxThread()
 class MlxEngine:
     name = "mlx"
 
-    def __init__(self, module: Any, folder: Path, model_name: str, device: str, compute_type: str, workers: int):
+    def __init__(
+        self, module: Any, folder: Path, model_name: str, device: str, compute_type: str, workers: int,
+        settings: EngineSettings,
+    ):  # fmt: skip
         self._mlx_whisper = module
         self._folder = str(folder)
         self.model = model_name
         self.device = device
         self.compute_type = compute_type
         self.workers = workers
+        # The same batcher as faster-whisper's, but its passes decode their windows one after
+        # another: mlx-whisper's decoder takes a batch of mel windows only without its temperature
+        # ladder, word timestamps and timestamp rules, which the profiles need.
+        self.batcher = Batcher(
+            self._decode_batch,
+            batch_size=settings.batch_size_for(device),
+            batch_wait_ms=settings.batch_wait_ms,
+            name="mlx-batcher",
+        )
 
     @classmethod
     def load(cls, settings: EngineSettings, workers: int, data_dir: str) -> MlxEngine:
@@ -141,10 +155,19 @@ class MlxEngine:
             "loaded Whisper %s with mlx-whisper from %s on %s/%s in %.2f s",
             settings.model, folder, device, compute_type, time.perf_counter() - started,
         )  # fmt: skip
-        return cls(mlx_whisper, folder, settings.model, device, compute_type, workers)
+        return cls(mlx_whisper, folder, settings.model, device, compute_type, workers, settings)
 
-    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
-        return silence.transcribe(self._decode, audio, options)
+    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:
+        return silence.transcribe(functools.partial(self.batcher.decode, urgent=urgent), audio, options)
+
+    def _decode_batch(self, windows: Sequence[Window]) -> list[Transcript | Rest | BaseException]:
+        results: list[Transcript | Rest | BaseException] = []
+        for window in windows:
+            try:
+                results.append(self._decode(window.samples, window.options))
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     def _decode(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
         """One mlx-whisper call on all of ``audio``."""

@@ -1,0 +1,215 @@
+"""The node's batcher: every window any slot wants decoded goes through one engine pass at a time.
+
+Slots (short uploads, queued chunks) hand their 30 s windows here and wait. One thread takes up to
+``batch_size`` waiting windows, short uploads' first, and decodes them as one batch with all the
+node's cores. While passes are shared it waits at most ``batch_wait_ms`` for more when fewer are
+there: clients answered by one pass send their next upload while the others' windows wait, and
+without that wait the two groups would keep taking turns in half-full passes. A lone request so
+gets the whole machine, and many requests share passes instead of splitting the cores between
+them. Whatever the engine cannot batch (a window longer than 30 s, a language detection) runs on
+the same thread between batches, so the cores are never shared out twice.
+
+The engine's ``decode_batch`` answers each window on its own: a window that fails fails only its
+own request or chunk. A window whose speech runs on past its last complete segment is answered
+with a ``Rest``: what was heard, and where to decode again from (as faster-whisper's sequential
+decoding seeks on). The rest goes back to the front of its queue and shares the next pass with
+new windows, and its caller gets the whole window's transcript once the last rest is heard.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import numpy as np
+
+from sayit_actors.engines.base import Transcript, TranscriptionOptions, join_text
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SAMPLE_RATE = 16_000
+
+
+MAX_RESTS = 3  # passes over the rests of one window: the sequential path seeks on without a bound
+
+
+@dataclass
+class Window:
+    """Samples to decode (at most 30 s for a batched pass) and where their transcript goes; after
+    a ``Rest``, the samples left and the window's pieces heard so far."""
+
+    samples: np.ndarray
+    options: TranscriptionOptions
+    urgent: bool = False  # a short upload's: its caller waits in its own response
+    queued_at: float = field(default_factory=time.perf_counter)
+    future: Future[Transcript] = field(default_factory=Future)
+    offset_s: float = 0.0  # where ``samples`` starts in the window first handed over
+    pieces: list[Transcript] = field(default_factory=list)
+
+    @property
+    def audio_s(self) -> float:
+        return self.samples.shape[0] / SAMPLE_RATE
+
+    @property
+    def rests(self) -> int:
+        return len(self.pieces)
+
+
+@dataclass(frozen=True)
+class Rest:
+    """What a pass heard of a window, and the second from which the rest is decoded again."""
+
+    heard: Transcript
+    resume_s: float
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    windows: int
+    audio_s: float
+    waited_s: tuple[float, ...]  # each window's time between its hand-over and the start of its pass
+    engine_s: float
+
+
+DecodeBatch = Callable[[Sequence[Window]], Sequence[Transcript | Rest | BaseException]]
+
+
+class Batcher:
+    def __init__(self, decode_batch: DecodeBatch, *, batch_size: int, batch_wait_ms: float, name: str) -> None:
+        self.batch_size = batch_size
+        self._decode_batch = decode_batch
+        self._wait_s = batch_wait_ms / 1000
+        self._last_pass = (0, 0.0)  # windows and seconds of the last pass
+        self._urgent: deque[Window] = deque()
+        self._queued: deque[Window] = deque()
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._cond = threading.Condition()
+        self.observers: set[Callable[[BatchStats], None]] = set()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def decode(
+        self, windows: Sequence[np.ndarray], options: TranscriptionOptions, urgent: bool = False
+    ) -> list[Transcript]:
+        """Each window's transcript, decoded in the next passes; raises the first window's failure."""
+        handed = [Window(samples, options, urgent) for samples in windows]
+        with self._cond:
+            (self._urgent if urgent else self._queued).extend(handed)
+            self._cond.notify()
+        return [w.future.result() for w in handed]
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn`` run on the batcher's thread between two passes (work that is not batched)."""
+        future: Future[T] = Future()
+        with self._cond:
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return future.result()
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._urgent) + len(self._queued)
+
+    def _loop(self) -> None:
+        while True:
+            call, batch = self._next()
+            if call is not None:
+                fn, future = call
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:
+                        future.set_exception(exc)
+            if batch:
+                self._run(batch)
+
+    def _next(self) -> tuple[tuple[Callable[[], Any], Future[Any]] | None, list[Window]]:
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._calls or self._urgent or self._queued))
+            if self._calls:
+                return self._calls.popleft(), []
+            deadline = time.perf_counter() + self._fill_wait_s()
+            while len(self._urgent) + len(self._queued) < self.batch_size and not self._calls:
+                left = deadline - time.perf_counter()
+                if left <= 0 or not self._cond.wait(left):
+                    break
+            batch: list[Window] = []
+            for source in (self._urgent, self._queued):
+                while source and len(batch) < self.batch_size:
+                    batch.append(source.popleft())
+            return None, batch
+
+    def _fill_wait_s(self) -> float:
+        """How long to wait for a fuller pass: only while passes are shared (a lone caller never
+        waits), and at most a quarter of the last pass, so a fast device does not idle."""
+        windows, seconds = self._last_pass
+        return min(self._wait_s, seconds / 4) if windows > 1 else 0.0
+
+    def _run(self, batch: list[Window]) -> None:
+        started = time.perf_counter()
+        try:
+            results = self._decode_batch(batch)
+        except BaseException as exc:  # the engine broke: every window of the pass hears of it
+            log.exception("a batch of %d windows failed", len(batch))
+            results = [exc] * len(batch)
+        engine_s = time.perf_counter() - started
+        self._last_pass = (len(batch), engine_s)
+        rests: list[Window] = []
+        for window, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                window.future.set_exception(result)
+            elif isinstance(result, Rest) and window.rests < MAX_RESTS:
+                window.pieces.append(_shifted(result.heard, window.offset_s))
+                window.samples = window.samples[round(result.resume_s * SAMPLE_RATE) :]
+                window.offset_s += result.resume_s
+                window.queued_at = time.perf_counter()
+                rests.append(window)
+            else:
+                heard = result.heard if isinstance(result, Rest) else result
+                window.future.set_result(_joined([*window.pieces, _shifted(heard, window.offset_s)]))
+        with self._cond:
+            for window in reversed(rests):  # first in the next pass: their callers wait longest
+                (self._urgent if window.urgent else self._queued).appendleft(window)
+        stats = BatchStats(
+            len(batch), sum(w.audio_s for w in batch), tuple(started - w.queued_at for w in batch), engine_s
+        )
+        for observe in list(self.observers):
+            try:
+                observe(stats)
+            except Exception:
+                log.exception("a batch observer failed")
+
+
+def _shifted(transcript: Transcript, offset_s: float) -> Transcript:
+    if not offset_s:
+        return transcript
+    return replace(
+        transcript,
+        segments=tuple(
+            replace(
+                s,
+                start=round(s.start + offset_s, 3),
+                end=round(s.end + offset_s, 3),
+                words=tuple(
+                    replace(w, start=round(w.start + offset_s, 3), end=round(w.end + offset_s, 3)) for w in s.words
+                ),
+            )
+            for s in transcript.segments
+        ),
+    )
+
+
+def _joined(pieces: list[Transcript]) -> Transcript:
+    """A window's transcript from its pieces: the first pass heard all of it, so it names the
+    language and the duration."""
+    if len(pieces) == 1:
+        return pieces[0]
+    segments = tuple(s for piece in pieces for s in piece.segments)
+    return replace(pieces[0], text=join_text(segments), segments=segments)
