@@ -1,5 +1,5 @@
 # SayIt node, CPU (faster-whisper int8). One image, three roles: WORKER_MODE=all|api_only|queue_only.
-# CUDA variant: see README ("GPU nodes").
+# CUDA variant: see docs/OPERATIONS.md ("GPU nodes").
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 SAYIT_DATA_DIR=/data
