@@ -90,7 +90,7 @@ async def test_health_reports_the_parts(client: TestClient) -> None:
         "model": "base",
         "device": "cpu",
         "computeType": "int8",
-        "batchSize": 8,
+        "batchSize": 6,
     }
     kinds = sorted({a["kind"] for a in services["workers"]["actors"]})
     assert kinds == [

@@ -4,7 +4,8 @@ Slots (short uploads, queued chunks) hand their 30 s windows here and wait. One 
 ``batch_size`` waiting windows, short uploads' first, and decodes them as one batch with all the
 node's cores. While passes are shared it waits at most ``batch_wait_ms`` for more when fewer are
 there: clients answered by one pass send their next upload while the others' windows wait, and
-without that wait the two groups would keep taking turns in half-full passes. A lone request so
+without that wait the two groups would keep taking turns in half-full passes. Queued chunks wait
+for it too (the other chunks of their job are on their way); a lone short upload never waits. A lone request so
 gets the whole machine, and many requests share passes instead of splitting the cores between
 them. Whatever the engine cannot batch (a window longer than 30 s, a language detection) runs on
 the same thread between batches, so the cores are never shared out twice.
@@ -18,6 +19,8 @@ new windows, and its caller gets the whole window's transcript once the last res
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -135,9 +138,9 @@ class Batcher:
             self._cond.wait_for(lambda: bool(self._calls or self._urgent or self._queued))
             if self._calls:
                 return self._calls.popleft(), []
-            deadline = time.perf_counter() + self._fill_wait_s()
+            since = time.perf_counter()
             while len(self._urgent) + len(self._queued) < self.batch_size and not self._calls:
-                left = deadline - time.perf_counter()
+                left = since + self._fill_wait_s() - time.perf_counter()
                 if left <= 0 or not self._cond.wait(left):
                     break
             batch: list[Window] = []
@@ -147,10 +150,13 @@ class Batcher:
             return None, batch
 
     def _fill_wait_s(self) -> float:
-        """How long to wait for a fuller pass: only while passes are shared (a lone caller never
-        waits), and at most a quarter of the last pass, so a fast device does not idle."""
+        """How long to wait for a fuller pass. While passes are shared: at most a quarter of the
+        last pass, so a fast device does not idle. Otherwise a short upload never waits, and queued
+        chunks wait the whole ``batch_wait_ms``: the other chunks of their job are on their way."""
         windows, seconds = self._last_pass
-        return min(self._wait_s, seconds / 4) if windows > 1 else 0.0
+        if windows > 1:
+            return min(self._wait_s, seconds / 4)
+        return 0.0 if self._urgent else self._wait_s
 
     def _run(self, batch: list[Window]) -> None:
         started = time.perf_counter()
@@ -161,6 +167,7 @@ class Batcher:
             results = [exc] * len(batch)
         engine_s = time.perf_counter() - started
         self._last_pass = (len(batch), engine_s)
+        _give_back_freed_memory()
         rests: list[Window] = []
         for window, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
@@ -185,6 +192,24 @@ class Batcher:
                 observe(stats)
             except Exception:
                 log.exception("a batch observer failed")
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``: a pass frees hundreds of MB of beam-search caches, which glibc would
+    otherwise keep for the process (its heap grows by what the threads free in turn)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc (macOS): its allocator gives memory back itself
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def _give_back_freed_memory() -> None:
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def _shifted(transcript: Transcript, offset_s: float) -> Transcript:
