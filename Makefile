@@ -57,13 +57,14 @@ $(BENCH_STAMP): $(TEST_STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[$(TEST_EXTRAS),bench]"
 	touch $@
 
-# Every benchmark (about 25 minutes on 2 cores), then docs/PERFORMANCE.md and its plots (and docs/ACCURACY.md).
+# Every benchmark (about an hour on 2 cores), then docs/PERFORMANCE.md and its plots (and docs/ACCURACY.md).
 bench: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/sync_latency.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/longform.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/scaleout.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/memory.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/batching.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/report.py
 

@@ -331,3 +331,34 @@ def server_options(settings: Any, queued: bool) -> Any:
     from sayit_actors.dispatcher import Choices, options_for
 
     return options_for(settings.profiles["en"], Choices(), settings.silence, queued=queued)
+
+
+def load_whisper(settings: Any, device: str, compute_type: str, cpu_threads: int, num_workers: int) -> Any:
+    """A bare faster-whisper ``WhisperModel`` from the files the node loads (``settings.engine.model``),
+    with the given threads per worker and workers."""
+    from faster_whisper import WhisperModel
+
+    from sayit_actors.engines import model_store
+
+    kwargs = {"device": device, "compute_type": compute_type, "cpu_threads": cpu_threads, "num_workers": num_workers}
+    name = settings.engine.model
+    if name == model_store.BUNDLED:
+        return WhisperModel(name, files=model_store.bundled_files(), **kwargs)
+    if (folder := model_store.local_model_dir(name)) is not None:
+        return WhisperModel(str(folder), **kwargs)
+    return WhisperModel(name, local_files_only=True, **kwargs)
+
+
+def plain_transcribe(model: Any, samples: np.ndarray, options: Any) -> str:
+    """One ``WhisperModel.transcribe`` with a request's options, as the engine's sequential path calls
+    it (no VAD filter); the text of all its segments."""
+    segments, _ = model.transcribe(
+        samples, language=options.language, task=options.task, beam_size=options.beam_size,
+        patience=options.patience, best_of=options.best_of, temperature=list(options.temperatures),
+        condition_on_previous_text=options.condition_on_previous_text, word_timestamps=options.word_timestamps,
+        initial_prompt=options.initial_prompt, hotwords=options.hotwords,
+        no_speech_threshold=options.no_speech_threshold,
+        compression_ratio_threshold=options.compression_ratio_threshold,
+        log_prob_threshold=options.log_prob_threshold, without_timestamps=options.without_timestamps,
+    )  # fmt: skip
+    return " ".join(s.text.strip() for s in segments).strip()

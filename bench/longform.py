@@ -8,9 +8,10 @@ that at several lengths (``--minutes``, 1, 3 and 10 by default): for each it bui
 at least that length from the corpus (jfk.flac, stereo_diarization.wav, the English first 30 s of
 multilingual.mp3, hotwords.mp3, 0.5 s of silence between clips, repeated), times it through a real
 ``sayit serve`` (from just before the POST until a 0.1 s status poll first sees ``completed``, so
-the server's decode and split are included), then times one ``engine.transcribe`` on the decoded
-samples in this process (decode not timed; one worker, all cores; the decoding options the server
-gives a queued chunk, voice-activity filter included). Targets, at every length: async
+the server's decode and split are included), then times the bare engine on the decoded samples in
+this process (decode not timed; one worker, all cores; the decoding options the server gives a
+queued chunk, voice-activity filter included: one faster-whisper ``WhisperModel.transcribe`` per
+window between pauses, one after the other, not the node's batcher). Targets, at every length: async
 wall / direct wall at most 0.70, and a word error rate of the async transcript against the direct
 one of at most 3 %. A least-squares line of wall seconds against audio minutes, for each path, shows
 how wall time grows with length.
@@ -44,7 +45,7 @@ import soundfile
 from common import BenchError, Row, verdict
 
 from sayit_actors import audio
-from sayit_actors.engines import textmetrics
+from sayit_actors.engines import Transcript, TranscriptionOptions, textmetrics
 
 # (file, seconds to keep or None for all): multilingual.mp3 turns German after ~30 s.
 # Order matters for the bare engine: base drops stereo_diarization.wav when hotwords.mp3 follows it
@@ -196,20 +197,27 @@ def run_direct_phase(recordings: Sequence[Recording], clips: dict[str, np.ndarra
     from sayit_actors.engines.faster import FasterWhisperEngine
 
     settings = load_settings({})
+    from sayit_actors.audio import silence
+
     engine = FasterWhisperEngine.load(settings.engine, workers=1)  # cpu_threads 0: all cores for the one worker
+
+    def transcribe(samples: np.ndarray, options: TranscriptionOptions) -> Transcript:
+        # One WhisperModel.transcribe per window, one after the other: the bare engine, not the node's batcher.
+        return silence.transcribe(lambda windows, o: [engine._sequential(w, o) for w in windows], samples, options)
+
     options = common.server_options(settings, queued=True)
     phase = DirectPhase(model=engine.model, device=engine.device, compute_type=engine.compute_type)
-    engine.transcribe(audio.decode(WARMUP_AUDIO), options)
+    transcribe(audio.decode(WARMUP_AUDIO), options)
     for recording in recordings:
         started = time.perf_counter()
-        transcript = engine.transcribe(recording.samples, options)
+        transcript = transcribe(recording.samples, options)
         run = DirectRun(wall_s=time.perf_counter() - started, transcription=transcript.text.strip())
         if not run.transcription:
             raise BenchError(f"the engine returned an empty transcription for {recording.minutes:g} min")
         phase.runs.append(run)
         print(f"  {recording.minutes:g} min: {run.wall_s:.2f} s")
     # Each clip alone: a second reference that neither path's long-context behaviour shapes.
-    phase.clip_texts = {name: engine.transcribe(clip, options).text.strip() for name, clip in clips.items()}
+    phase.clip_texts = {name: transcribe(clip, options).text.strip() for name, clip in clips.items()}
     return phase
 
 
@@ -393,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- recordings: {durations}; clips {', '.join(name for name, _ in CLIPS)} in turn (multilingual.mp3 cut to "
         f"its English first 30 s), {GAP_S} s of silence between them\n"
         "- async: from just before the POST until a status poll (every 0.1 s) first sees `completed`, so it "
-        "includes the upload and the server's decode and split; direct: `engine.transcribe` on the already decoded "
-        "samples. One run of each per length: one server, warmed up once with jfk.flac, takes the jobs one after "
+        "includes the upload and the server's decode and split; direct: one `WhisperModel.transcribe` per window "
+        "between pauses, one after the other, on the already decoded samples. One run of each per length: one "
+        "server, warmed up once with jfk.flac, takes the jobs one after "
         "another (shortest first); then one engine, warmed up once, takes the direct calls.\n"
         "- WER: the async transcript against the direct one (normalized words), not against a human reference; "
         "for information, both against each clip transcribed alone by the same engine, concatenated.\n"

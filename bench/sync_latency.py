@@ -4,7 +4,8 @@ A synchronous ``POST /api/transcribe`` walks the upload through the aiohttp edge
 (Upload, DurationProbe, Dispatcher, a WhisperActor slot, Result) and the embedded Redis before and
 after the engine does the real work. This benchmark measures what all of that costs: it times the
 same audio file sent to a real ``sayit serve`` over HTTP, then decoded and transcribed directly by
-the same engine with the same settings in this process, and reports the ratio of the medians
+one faster-whisper ``WhisperModel.transcribe`` (the engine's model, all cores, the same options) in
+this process, and reports the ratio of the medians
 (target: at most 1.10) along with the server's resident memory at rest and after the load
 (target: at most 1500 MB).
 
@@ -109,7 +110,7 @@ def run_direct_phase(audio_path: Path, runs: int, slots: int) -> DirectPhase:
     def once() -> tuple[float, str]:
         started = time.perf_counter()
         samples = audio.decode(audio_path, info.duration_s)
-        transcript = engine.transcribe(samples, options)
+        transcript = engine._sequential(samples, options)  # one WhisperModel.transcribe, not the batcher
         elapsed = time.perf_counter() - started
         if not transcript.text.strip():
             raise BenchError("the engine returned an empty transcription")
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Whisper {direct.model} {direct.compute_type} on {direct.device}, {args.slots} slots, {args.runs} timed "
         f"runs after {WARMUP_RUNS} warm-up, audio `{audio_path.name}` ({duration_s:.1f} s), language en\n"
         "- HTTP: one request at a time, a new connection each, timed from connecting to the last byte; "
-        "direct: `audio.decode` + `engine.transcribe` in the benchmark process after the server stopped."
+        "direct: `audio.decode` + one `WhisperModel.transcribe` (the engine's sequential path, all cores) in the "
+        "benchmark process after the server stopped."
     )
     print()
     title = "Sync latency: SayIt over HTTP vs the bare engine"

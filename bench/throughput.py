@@ -2,10 +2,11 @@
 
 For 1, 2, 4, 8 and 16 concurrent clients, each client posts jfk.flac (11 s) again and again for
 a fixed time to a real ``sayit serve`` in the api_only role (so every request is answered at
-once or refused: no queue takes the overflow), then the same number of threads call the engine
-directly (decode + transcribe, same model, same number of engine workers as the server has
-slots) for the same time. Reported: audio seconds transcribed per second, latency p50/p95, the
-ratio of the two throughputs, and how many requests were refused with 503 and Retry-After.
+once or refused: no queue takes the overflow), then the same number of threads call the bare
+engine directly (decode + one faster-whisper ``WhisperModel.transcribe``, same model and options,
+a worker per server slot with the cores shared out between them) for the same time. Reported:
+audio seconds transcribed per second, latency p50/p95, the ratio of the two throughputs, and how
+many requests were refused with 503 and Retry-After.
 
 What it does not show: clients on other machines (here they share the 2 cores with the server),
 long recordings, or keep-alive connections (each request opens its own, as a mobile app does).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import sys
 import threading
 import time
@@ -60,7 +62,7 @@ def hammer(clients: int, seconds: float, call: Callable[[], int]) -> tuple[list[
 
 def http_levels(
     levels: list[int], seconds: float, slots: int, clip: Path, clip_s: float
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
     body, content_type = common.multipart_body(clip, "en")
 
     results = []
@@ -92,16 +94,19 @@ def http_levels(
             print(f"http   {clients:>2} clients: {results[-1]['audio_s_per_s']:.1f} audio-s/s, "
                   f"p95 {results[-1]['latency'].get('p95_s', 0):.2f} s, {statuses.count(503)} × 503")  # fmt: skip
         problems = server.log_problems()
-    return results, problems
+        whisper = dict(server.health.get("services", {}).get("whisper", {}))
+    return results, problems, whisper
 
 
 def direct_levels(levels: list[int], seconds: float, slots: int, clip: Path, clip_s: float) -> list[dict[str, Any]]:
     settings = load_settings({"MAX_CONCURRENT_CHUNKS": str(slots)})
-    engine = FasterWhisperEngine.load(settings.engine, workers=slots)
+    engine = FasterWhisperEngine.load(settings.engine, workers=1)  # for its device and compute type only
+    threads = max(1, (os.cpu_count() or 1) // slots)
+    model = common.load_whisper(settings, engine.device, engine.compute_type, cpu_threads=threads, num_workers=slots)
     options = common.server_options(settings, queued=False)
 
     def once() -> int:
-        engine.transcribe(audio.decode(clip), options)
+        common.plain_transcribe(model, audio.decode(clip), options)
         return 200
 
     once()  # warm-up
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
     clip_s = audio.probe(args.audio).duration_s
-    http, problems = http_levels(args.clients, args.seconds, args.slots, args.audio, clip_s)
+    http, problems, whisper = http_levels(args.clients, args.seconds, args.slots, args.audio, clip_s)
     direct = direct_levels(args.clients, args.seconds, args.slots, args.audio, clip_s)
     levels = []
     rows: list[Row] = []
@@ -144,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         ))  # fmt: skip
         rows.append((f"{h['clients']} clients: 503 with Retry-After", str(h["rejected_503"]), "", ""))
     settings = {"slots": args.slots, "duration_s_per_level": args.seconds, "audio": args.audio.name,
-                "audio_duration_s": clip_s, "model": "base", "compute_type": "int8", "mode": "api_only",
+                "audio_duration_s": clip_s, "model": whisper.get("model"), "compute_type": whisper.get("computeType"),
+                "device": whisper.get("device"), "mode": "api_only",
                 "log_problems": problems}  # fmt: skip
     notes = (
-        f"- `sayit serve` as api_only with {args.slots} slots (embedded Redis), Whisper base int8 on the CPU; "
+        f"- `sayit serve` as api_only with {args.slots} slots (embedded Redis), Whisper {whisper.get('model')} "
+        f"{whisper.get('computeType')} on {whisper.get('device')}; "
         f"clients post {args.audio.name} ({clip_s:.1f} s) in a loop for {args.seconds:.0f} s per level, a new "
-        "connection each; direct: the same number of threads calling decode + transcribe on one engine with "
-        f"{args.slots} workers, after the server stopped."
+        "connection each; direct: the same number of threads calling decode + one `WhisperModel.transcribe` on one "
+        f"model with {args.slots} workers (the cores shared out between them), after the server stopped."
     )
     common.write_results(args.out, "throughput", "Throughput under load", {"settings": settings, "levels": levels},
                          rows, notes)  # fmt: skip
