@@ -203,7 +203,9 @@ class FasterWhisperEngine:
         the sequential path's checks would decode again hotter."""
         model = self._model
         options = windows[0].options
-        features = np.stack([pad_or_trim(model.feature_extractor(w.samples)[..., :-1]) for w in windows])
+        # Every frame the feature extractor gives, as the sequential path's language detection hears
+        # them: a window of two languages is then given the one the sequential path would give it.
+        features = np.stack([pad_or_trim(model.feature_extractor(w.samples)) for w in windows])
         encoder_output = model.encode(features.astype(np.float32))
         languages: list[tuple[str, float]] = []
         detected = model.model.detect_language(encoder_output) if options.language is None else None
