@@ -181,13 +181,21 @@ def test_while_passes_are_shared_a_pass_waits_to_fill_and_a_lone_caller_never_wa
         return slow(windows)
 
     batcher = Batcher(decode, batch_size=4, batch_wait_ms=30_000, name="test-batcher")
-    assert [t.text for t in batcher.decode([_window(1)], OPTIONS)] == ["w1"]  # lone: no 30 s wait
-    batcher.decode([_window(2), _window(3)], OPTIONS)
+    assert [t.text for t in batcher.decode([_window(1)], OPTIONS, True)] == ["w1"]  # a lone upload: no 30 s wait
+    batcher.decode([_window(2), _window(3)], OPTIONS, True)  # a pass of two: passes are shared now
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(batcher.decode, [_window(4)], OPTIONS)
         rest = [pool.submit(batcher.decode, [_window(n)], OPTIONS) for n in (5, 6, 7)]
         assert [f.result(10)[0].text for f in (first, *rest)] == ["w4", "w5", "w6", "w7"]
     assert slow.passes == [[1], [2, 3], [4, 5, 6, 7]]
+
+
+def test_queued_chunks_at_an_idle_batcher_wait_for_their_job_s_other_chunks(recorder: Recorder) -> None:
+    batcher = Batcher(recorder, batch_size=4, batch_wait_ms=30_000, name="test-batcher")
+    with ThreadPoolExecutor(4) as pool:
+        chunks = [pool.submit(batcher.decode, [_window(n)], OPTIONS) for n in (1, 2, 3, 4)]
+        assert [f.result(10)[0].text for f in chunks] == ["w1", "w2", "w3", "w4"]
+    assert [sorted(p) for p in recorder.passes] == [[1, 2, 3, 4]]
 
 
 def test_calls_run_on_the_batcher_thread_and_passes_are_observed(recorder: Recorder) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import threading
 import time
@@ -32,6 +33,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from config import EngineSettings
+from sayit_actors.audio import silence
 from sayit_actors.engines.base import Transcript, TranscriptionOptions, join_text
 
 log = logging.getLogger(__name__)
@@ -238,3 +241,28 @@ def _joined(pieces: list[Transcript]) -> Transcript:
         return pieces[0]
     segments = tuple(s for piece in pieces for s in piece.segments)
     return replace(pieces[0], text=join_text(segments), segments=segments)
+
+
+class BatchedEngine:
+    """What both engines share: their facts, one batcher fed by ``decode_batch``, and transcription
+    through it (the silence rules choose the windows, the batcher decodes them)."""
+
+    name: str
+
+    def __init__(
+        self, model: str, device: str, compute_type: str, workers: int, settings: EngineSettings,
+        decode_batch: DecodeBatch,
+    ) -> None:  # fmt: skip
+        self.model = model
+        self.device = device
+        self.compute_type = compute_type
+        self.workers = workers
+        self.batcher = Batcher(
+            decode_batch,
+            batch_size=settings.batch_size_for(device),
+            batch_wait_ms=settings.batch_wait_ms,
+            name=f"{self.name}-batcher",
+        )
+
+    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:
+        return silence.transcribe(functools.partial(self.batcher.decode, urgent=urgent), audio, options)

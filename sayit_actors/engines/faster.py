@@ -11,7 +11,6 @@ profile's thresholds) is decoded again on its own with the profile's temperature
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -27,7 +26,6 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
 from config import EngineSettings
-from sayit_actors.audio import silence
 from sayit_actors.engines import (
     DETECT_SAMPLES,
     LANGUAGE_CANDIDATES,
@@ -40,7 +38,7 @@ from sayit_actors.engines import (
     join_text,
     model_store,
 )
-from sayit_actors.engines.batcher import Batcher, Rest, Window
+from sayit_actors.engines.batcher import BatchedEngine, Rest, Window
 
 log = logging.getLogger(__name__)
 _HUB_MODELS = ("tiny", "base", "small", "medium", "large-v2", "large-v3")
@@ -93,23 +91,15 @@ def _segment(part: dict[str, Any], no_speech_prob: float, avg_logprob: float) ->
     )
 
 
-class FasterWhisperEngine:
+class FasterWhisperEngine(BatchedEngine):
     name = "faster-whisper"
 
     def __init__(
-        self, model: WhisperModel, model_name: str, device: str, compute_type: str, workers: int, batch: EngineSettings
-    ):
+        self, model: WhisperModel, model_name: str, device: str, compute_type: str, workers: int,
+        settings: EngineSettings,
+    ):  # fmt: skip
         self._model = model
-        self.model = model_name
-        self.device = device
-        self.compute_type = compute_type
-        self.workers = workers
-        self.batcher = Batcher(
-            self._decode_batch,
-            batch_size=batch.batch_size_for(device),
-            batch_wait_ms=batch.batch_wait_ms,
-            name="faster-whisper-batcher",
-        )
+        super().__init__(model_name, device, compute_type, workers, settings, self._decode_batch)
 
     @property
     def whisper_model(self) -> WhisperModel:
@@ -165,9 +155,6 @@ class FasterWhisperEngine:
             time.perf_counter() - started,
         )
         return cls(model, name, device, compute_type, workers, settings)
-
-    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:
-        return silence.transcribe(functools.partial(self.batcher.decode, urgent=urgent), audio, options)
 
     def _decode_batch(self, windows: Sequence[Window]) -> list[Transcript | Rest | BaseException]:
         """Batched passes over the windows, grouped by the settings a pass shares; a window longer

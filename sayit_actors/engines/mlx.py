@@ -11,7 +11,6 @@ samples, so no ffmpeg binary is needed.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import queue
@@ -25,7 +24,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from config import EngineSettings
-from sayit_actors.audio import silence
 from sayit_actors.engines import (
     DETECT_SAMPLES,
     LANGUAGE_CANDIDATES,
@@ -37,7 +35,7 @@ from sayit_actors.engines import (
     Word,
     join_text,
 )
-from sayit_actors.engines.batcher import Batcher, Rest, Window
+from sayit_actors.engines.batcher import BatchedEngine, Rest, Window
 from sayit_actors.engines.mlx_convert import ConversionError, ensure_converted
 
 log = logging.getLogger(__name__)
@@ -99,7 +97,7 @@ class _MlxThread:
 _MLX = _MlxThread()
 
 
-class MlxEngine:
+class MlxEngine(BatchedEngine):
     name = "mlx"
 
     def __init__(
@@ -108,19 +106,10 @@ class MlxEngine:
     ):  # fmt: skip
         self._mlx_whisper = module
         self._folder = str(folder)
-        self.model = model_name
-        self.device = device
-        self.compute_type = compute_type
-        self.workers = workers
         # The same batcher as faster-whisper's, but its passes decode their windows one after
         # another: mlx-whisper's decoder takes a batch of mel windows only without its temperature
         # ladder, word timestamps and timestamp rules, which the profiles need.
-        self.batcher = Batcher(
-            self._decode_batch,
-            batch_size=settings.batch_size_for(device),
-            batch_wait_ms=settings.batch_wait_ms,
-            name="mlx-batcher",
-        )
+        super().__init__(model_name, device, compute_type, workers, settings, self._decode_batch)
 
     @classmethod
     def load(cls, settings: EngineSettings, workers: int, data_dir: str) -> MlxEngine:
@@ -156,9 +145,6 @@ class MlxEngine:
             settings.model, folder, device, compute_type, time.perf_counter() - started,
         )  # fmt: skip
         return cls(mlx_whisper, folder, settings.model, device, compute_type, workers, settings)
-
-    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:
-        return silence.transcribe(functools.partial(self.batcher.decode, urgent=urgent), audio, options)
 
     def _decode_batch(self, windows: Sequence[Window]) -> list[Transcript | Rest | BaseException]:
         results: list[Transcript | Rest | BaseException] = []
