@@ -58,7 +58,7 @@ def _view(status: ChildStatus) -> dict[str, Any]:
 async def list_actors(request: web.Request) -> web.Response:
     _authorize(request)
     actors, bridge = request.app[ACTORS], request.app[BRIDGE]
-    statuses: list[ChildStatus] = await bridge.ask(lambda: actors.supervisor, GetStatus(), timeout_s=10)
+    statuses = await bridge.ask(lambda: actors.supervisor, GetStatus(), timeout_s=10)
     node = {"id": actors.settings.worker_id, "role": actors.settings.worker_mode.value}
     return web.json_response({"success": True, "data": {"node": node, "actors": [_view(s) for s in statuses]}})
 
@@ -69,7 +69,7 @@ async def restart_actor(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     log.warning("admin restart of actor %s requested by %s", name, who)
     try:
-        status: ChildStatus = await bridge.ask(
+        status = await bridge.ask(
             lambda: actors.supervisor, Restart(name, f"admin request by {who}"), timeout_s=RESTART_TIMEOUT_S
         )
     except KeyError:

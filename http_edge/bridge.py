@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import pykka
 
@@ -36,7 +36,6 @@ class ActorBridge:
     def __init__(self, max_threads: int = 256) -> None:
         self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="sayit-bridge")
 
-    @overload
     async def ask(
         self,
         ref: Ref,
@@ -45,28 +44,7 @@ class ActorBridge:
         then: Callable[[], None] | None = None,
         caller: Caller | None = None,
         unclaimed: Callable[[R], None] | None = None,
-    ) -> R: ...
-
-    @overload
-    async def ask(
-        self,
-        ref: Ref,
-        message: object,
-        timeout_s: float = 30.0,
-        then: Callable[[], None] | None = None,
-        caller: Caller | None = None,
-        unclaimed: Callable[[Any], None] | None = None,
-    ) -> Any: ...
-
-    async def ask(
-        self,
-        ref: Ref,
-        message: object,
-        timeout_s: float = 30.0,
-        then: Callable[[], None] | None = None,
-        caller: Caller | None = None,
-        unclaimed: Callable[[Any], None] | None = None,
-    ) -> Any:
+    ) -> R:
         """The actor's answer to ``message``; ServiceUnavailable if none comes within ``timeout_s``.
 
         ``then`` runs once the actor has answered or died, which may be after the caller stopped

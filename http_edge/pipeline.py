@@ -130,7 +130,7 @@ async def accepted(request: web.Request, form: Form) -> AsyncIterator[Accepted]:
     accept = Accept(form.file.path, form.filename, form.mime, form.file.size_bytes, form.file.sha256)
     try:
         # An upload the actor accepts after nobody waits any more (cancelled, timed out) is released then.
-        upload: Upload = await bridge.ask(
+        upload = await bridge.ask(
             lambda: actors.ref(system.UPLOAD),
             accept,
             unclaimed=lambda late: tell(actors, system.UPLOAD, Release(late.id)),
@@ -139,7 +139,7 @@ async def accepted(request: web.Request, form: Form) -> AsyncIterator[Accepted]:
         form.file.discard()  # the UploadActor deletes it too, unless it never got the message
         raise
     try:
-        info: AudioInfo = await bridge.ask(lambda: actors.ref(system.PROBE), Probe(upload.path, upload.format))
+        info = await bridge.ask(lambda: actors.ref(system.PROBE), Probe(upload.path, upload.format))
         yield Accepted(upload, info)
     finally:
         tell(actors, system.UPLOAD, Release(upload.id))
@@ -196,7 +196,7 @@ async def _transcribe(request: web.Request, plan: Plan, upload: Upload, info: Au
         if slot is None:
             raise errors.ServerBusy(retry_after_s=settings.limits.retry_after_s)
     leased = slot
-    done: Transcribed = await bridge.ask(
+    done = await bridge.ask(
         lambda: actors.ref(leased),
         Transcribe(upload.path, info.duration_s, plan.options, caller),
         timeout_s=settings.limits.transcribe_timeout_s,
@@ -227,7 +227,7 @@ async def detect(request: web.Request, form: Form) -> Detected:
             if slot is None:
                 raise errors.ServerBusy(retry_after_s=settings.limits.retry_after_s)
             caller = Caller()
-            guess: LanguageGuess = await bridge.ask(
+            guess = await bridge.ask(
                 lambda: actors.ref(slot),
                 DetectLanguage(got.upload.path, got.info.duration_s, caller),
                 timeout_s=settings.limits.transcribe_timeout_s,

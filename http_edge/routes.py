@@ -137,9 +137,7 @@ async def ready(request: web.Request) -> web.Response:
 
 async def _children(request: web.Request) -> list[ChildStatus]:
     actors = request.app[ACTORS]
-    children: list[ChildStatus] = await request.app[BRIDGE].ask(
-        lambda: actors.supervisor, GetStatus(), timeout_s=HEALTH_TIMEOUT_S
-    )
+    children = await request.app[BRIDGE].ask(lambda: actors.supervisor, GetStatus(), timeout_s=HEALTH_TIMEOUT_S)
     return children
 
 

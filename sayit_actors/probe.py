@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from sayit_actors import audio
+from sayit_actors.replies import Asked
 from sayit_actors.supervisor import SupervisedActor
 
 
 @dataclass(frozen=True)
-class Probe:
+class Probe(Asked[audio.AudioInfo]):
     path: Path
     format: audio.AudioFormat | None = None
 

@@ -29,6 +29,7 @@ import pykka
 
 from sayit_actors import activity
 from sayit_actors.metrics import Metrics
+from sayit_actors.replies import Asked
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,13 @@ class StartAll:
 
 
 @dataclass(frozen=True)
-class Restart:
+class Restart(Asked["ChildStatus"]):
     name: str
     reason: str = "requested"
 
 
 @dataclass(frozen=True)
-class GetStatus:
+class GetStatus(Asked[list["ChildStatus"]]):
     pass
 
 

@@ -25,6 +25,7 @@ import pykka
 
 from sayit_actors.audio import AudioFormat, sniff_file
 from sayit_actors.errors import EmptyFile, FileTooLarge, InvalidFormat
+from sayit_actors.replies import Asked
 from sayit_actors.supervisor import SupervisedActor, Supervisor, Told, tell_later
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Upload:
 
 
 @dataclass(frozen=True)
-class Accept:
+class Accept(Asked[Upload]):
     tmp_path: Path
     filename: str
     mime: str

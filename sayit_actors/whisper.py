@@ -27,8 +27,9 @@ from sayit_actors import audio
 from sayit_actors.audio.chunking import from_flac
 from sayit_actors.audio.silence import drop_invented
 from sayit_actors.caller import Caller
-from sayit_actors.engines import DETECT_S, Engine, Segment, Transcript, TranscriptionOptions
+from sayit_actors.engines import DETECT_S, Engine, LanguageGuess, Segment, Transcript, TranscriptionOptions
 from sayit_actors.errors import EngineFailure
+from sayit_actors.replies import Asked
 from sayit_actors.result import RecordChunk
 from sayit_actors.store.records import Delivery
 from sayit_actors.supervisor import ActorBroken, SupervisedActor, Supervisor, Told
@@ -38,7 +39,7 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Transcribe:
+class Transcribe(Asked["Transcribed"]):
     path: Path
     expected_duration_s: float
     options: TranscriptionOptions
@@ -46,7 +47,7 @@ class Transcribe:
 
 
 @dataclass(frozen=True)
-class DetectLanguage:
+class DetectLanguage(Asked[LanguageGuess]):
     path: Path
     expected_duration_s: float
     caller: Caller = field(default_factory=Caller)
