@@ -170,6 +170,9 @@ class Batcher:
             results = [exc] * len(batch)
         engine_s = time.perf_counter() - started
         self._last_pass = (len(batch), engine_s)
+        stats = BatchStats(
+            len(batch), sum(w.audio_s for w in batch), tuple(started - w.queued_at for w in batch), engine_s
+        )
         _give_back_freed_memory()
         rests: list[Window] = []
         for window, result in zip(batch, results, strict=True):
@@ -187,9 +190,6 @@ class Batcher:
         with self._cond:
             for window in reversed(rests):  # first in the next pass: their callers wait longest
                 (self._urgent if window.urgent else self._queued).appendleft(window)
-        stats = BatchStats(
-            len(batch), sum(w.audio_s for w in batch), tuple(started - w.queued_at for w in batch), engine_s
-        )
         for observe in list(self.observers):
             try:
                 observe(stats)
