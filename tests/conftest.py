@@ -178,9 +178,20 @@ async def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 90.0)
         await asyncio.sleep(0.2)
 
 
+# The longest files, longest first: ``make test``'s two workers take whole files in this order, so
+# the long ones start at once instead of ending the run alone.
+LONGEST_FIRST = ("test_longform_accuracy.py", "test_mlx.py", "test_chaos.py", "test_clients.py", "test_topology.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that loads the model (the ``engine`` fixture, itself or through an app) is ``slow``,
     so ``make test-fast`` (``-m "not slow"``) runs only tests that need neither a model nor a node."""
     for item in items:
         if "engine" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
