@@ -34,12 +34,11 @@ from typing import Any, TypeVar
 import numpy as np
 
 from config import EngineSettings
-from sayit_actors.audio import silence
+from sayit_actors.audio import SAMPLE_RATE, silence
 from sayit_actors.engines.base import Transcript, TranscriptionOptions, join_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SAMPLE_RATE = 16_000
 
 
 MAX_RESTS = 3  # passes over the rests of one window: the sequential path seeks on without a bound

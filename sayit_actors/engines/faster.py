@@ -26,6 +26,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
 from config import EngineSettings
+from sayit_actors.audio import SAMPLE_RATE
 from sayit_actors.engines import (
     DETECT_SAMPLES,
     LANGUAGE_CANDIDATES,
@@ -42,7 +43,6 @@ from sayit_actors.engines.batcher import BatchedEngine, Rest, Window
 
 log = logging.getLogger(__name__)
 _HUB_MODELS = ("tiny", "base", "small", "medium", "large-v2", "large-v3")
-SAMPLE_RATE = 16_000
 N_SAMPLES = 30 * SAMPLE_RATE  # one Whisper window: longer audio is decoded by the sequential path
 MIN_REST_S = 0.5  # speech left after a window's last segment shorter than this is not decoded again
 _PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for attaching punctuation to words
@@ -173,13 +173,16 @@ class FasterWhisperEngine(BatchedEngine):
                 continue
             for i, transcript in zip(members, heard, strict=True):
                 results[i] = transcript
-        for i, result in enumerate(results):
-            if result is None:
-                try:
-                    results[i] = self._sequential(windows[i].samples, windows[i].options)
-                except Exception as exc:
-                    results[i] = exc
-        return [r for r in results if r is not None]
+        return [
+            self._alone(window) if result is None else result for window, result in zip(windows, results, strict=True)
+        ]
+
+    def _alone(self, window: Window) -> Transcript | BaseException:
+        """A window the passes could not take, decoded by the sequential path; its failure is its own."""
+        try:
+            return self._sequential(window.samples, window.options)
+        except Exception as exc:
+            return exc
 
     def _pass(self, windows: Sequence[Window]) -> list[Transcript | Rest | None]:
         """Windows (each at most 30 s, same settings) through the encoder and the decoder together.
