@@ -36,7 +36,7 @@ class FixedTimeEngine:
         self.seconds = seconds
         self.workers = workers
         # Never fed: every slot sleeps on its own thread, so the slots, not a batch, set the pace.
-        self.batcher = Batcher(lambda windows: [], batch_size=1, batch_wait_ms=0, name="fixed-time-batcher")
+        self.batcher = Batcher(lambda windows, wide: [], batch_size=1, batch_wait_ms=0, name="fixed-time-batcher")
 
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:
         time.sleep(self.seconds)

@@ -284,7 +284,15 @@ class EngineSettings:
     cpu_threads: int = field(default=0, metadata=setting(_int(0), "the engine's threads; 0: every core"))
     batch_size: int = field(
         default=0,
-        metadata=setting(_int(0), "most windows decoded in one pass; 0: 6 on a CPU, 16 on a GPU"),
+        metadata=setting(_int(0), "most windows decoded in one pass; 0: 2 on a CPU, 16 on a GPU"),
+    )
+    batch_lanes: int = field(
+        default=0,
+        metadata=setting(
+            _int(0),
+            "passes decoded at once on a CPU when windows wait, one thread each; 0: one per engine thread, "
+            "1: every pass with all of them (a GPU has one)",
+        ),
     )
     batch_wait_ms: float = field(
         default=300.0,
@@ -292,9 +300,18 @@ class EngineSettings:
     )
 
     def batch_size_for(self, device: str) -> int:
-        # On a CPU, 6 windows a pass decode as fast as 8 with a quarter less memory (beam search keeps
-        # each window's encoder output once per beam): a node stays within 1.5 GB (docs/PERFORMANCE.md).
-        return self.batch_size or (16 if device == "cuda" else 6)
+        # On a CPU a one-thread pass decodes as much a second with one window as with three, and beam
+        # search keeps each window's encoder output once per beam (about 90 MB a window for base):
+        # two a pass keep a node's memory well within 1.5 GB (docs/PERFORMANCE.md).
+        return self.batch_size or (16 if device == "cuda" else 2)
+
+    def threads(self) -> int:
+        return self.cpu_threads or os.cpu_count() or 1
+
+    def batch_lanes_for(self, device: str) -> int:
+        # One thread a pass decodes more per core than a pass split across threads (small matrices
+        # split badly); a lone window still gets every thread (see the batcher).
+        return 1 if device == "cuda" else min(self.batch_lanes or self.threads(), self.threads())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,6 +49,7 @@ async def health(request: web.Request) -> web.Response:
         "device": engine.device,
         "computeType": engine.compute_type,
         "batchSize": engine.batcher.batch_size,
+        "batchLanes": engine.batcher.lanes,
     }
     workers = {
         "node": actors.settings.worker_id,

@@ -87,6 +87,9 @@ class Metrics:
         )
         self.batch_windows = Counter("sayit_batch_windows_decoded", "Windows decoded in engine passes", registry=r)
         self.batch_audio = Counter("sayit_batch_audio_seconds", "Audio seconds decoded in engine passes", registry=r)
+        self.batch_wide = Counter(
+            "sayit_batch_wide_passes", "Engine passes with every core (fewer windows waiting than lanes)", registry=r
+        )
 
     def set_slots(self, capacity: int, busy: int) -> None:
         self.slots.labels(self.node, self.role).set(capacity)
@@ -106,6 +109,8 @@ class Metrics:
             self.batch_wait.observe(waited_s)
         self.batch_windows.inc(stats.windows)
         self.batch_audio.inc(stats.audio_s)
+        if stats.wide:
+            self.batch_wide.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

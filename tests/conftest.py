@@ -71,9 +71,9 @@ def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def engine() -> FasterWhisperEngine:
+def engine(tmp_path_factory: pytest.TempPathFactory) -> FasterWhisperEngine:
     settings = load_settings({})
-    return FasterWhisperEngine.load(settings.engine, workers=SLOTS)
+    return FasterWhisperEngine.load(settings.engine, workers=SLOTS, data_dir=tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

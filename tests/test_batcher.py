@@ -44,14 +44,16 @@ class Recorder:
 
     def __init__(self) -> None:
         self.passes: list[list[int]] = []
+        self.wide: list[bool] = []
         self.entered = threading.Event()
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, windows: Sequence[Window]) -> list[Transcript | BaseException]:
+    def __call__(self, windows: Sequence[Window], wide: bool) -> list[Transcript | BaseException]:
         self.entered.set()
         self.gate.wait(10)
         self.passes.append([int(w.samples[0]) for w in windows])
+        self.wide.append(wide)
         return [ValueError("bad window") if w.samples[0] < 0 else _transcript(w) for w in windows]
 
 
@@ -130,7 +132,7 @@ def test_a_failed_window_fails_only_its_own_caller(recorder: Recorder) -> None:
 def test_a_broken_pass_fails_its_windows_and_the_batcher_carries_on() -> None:
     calls = []
 
-    def breaks_once(windows: Sequence[Window]) -> list[Transcript | BaseException]:
+    def breaks_once(windows: Sequence[Window], wide: bool) -> list[Transcript | BaseException]:
         calls.append(len(windows))
         if len(calls) == 1:
             raise RuntimeError("the engine broke")
@@ -147,7 +149,7 @@ def test_a_rest_shares_the_next_pass_and_its_caller_gets_the_whole_window() -> N
     pass beside new windows; its caller gets one transcript on the clock of the whole window."""
     passes: list[list[tuple[int, int]]] = []
 
-    def rests_once(windows: Sequence[Window]) -> list[Transcript | Rest | BaseException]:
+    def rests_once(windows: Sequence[Window], wide: bool) -> list[Transcript | Rest | BaseException]:
         passes.append([(int(w.samples[0]), w.samples.size) for w in windows])
         out: list[Transcript | Rest | BaseException] = []
         for w in windows:
@@ -175,10 +177,10 @@ def test_a_rest_shares_the_next_pass_and_its_caller_gets_the_whole_window() -> N
 def test_while_passes_are_shared_a_pass_waits_to_fill_and_a_lone_caller_never_waits(recorder: Recorder) -> None:
     slow = Recorder()
 
-    def decode(windows: Sequence[Window]) -> list[Transcript | BaseException]:
+    def decode(windows: Sequence[Window], wide: bool) -> list[Transcript | BaseException]:
         if len(windows) == 2:
             threading.Event().wait(4)  # a shared pass of 4 s: the next one may wait up to 1 s to fill
-        return slow(windows)
+        return slow(windows, wide)
 
     batcher = Batcher(decode, batch_size=4, batch_wait_ms=30_000, name="test-batcher")
     assert [t.text for t in batcher.decode([_window(1)], OPTIONS, True)] == ["w1"]  # a lone upload: no 30 s wait
@@ -206,6 +208,69 @@ def test_calls_run_on_the_batcher_thread_and_passes_are_observed(recorder: Recor
     batcher.decode([_window(1), _window(2)], OPTIONS)
     assert [(s.windows, round(s.audio_s, 2)) for s in seen] == [(2, 0.2)]
     assert all(w >= 0 for w in seen[0].waited_s) and seen[0].engine_s >= 0
+
+
+class Lanes:
+    """A decoder for a batcher with lanes: each pass holds until the test lets it go, and the
+    decoder notes which passes ran at the same time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: list[tuple[tuple[int, ...], bool]] = []
+        self.together: list[set[tuple[tuple[int, ...], bool]]] = []
+        self.gate = threading.Event()
+
+    def __call__(self, windows: Sequence[Window], wide: bool) -> list[Transcript | BaseException]:
+        me = (tuple(int(w.samples[0]) for w in windows), wide)
+        with self.lock:
+            self.running.append(me)
+            self.together.append(set(self.running))
+        self.gate.wait(10)
+        with self.lock:
+            self.running.remove(me)
+        return [_transcript(w) for w in windows]
+
+    def wait_running(self, count: int) -> None:
+        for _ in range(500):
+            with self.lock:
+                if len(self.running) == count:
+                    return
+            threading.Event().wait(0.01)
+        raise AssertionError(f"{self.running} running, not {count} passes")
+
+
+def test_a_lone_window_gets_every_core_and_waiting_windows_share_the_lanes() -> None:
+    lanes = Lanes()
+    batcher = Batcher(lanes, batch_size=6, batch_wait_ms=0, name="test-batcher", lanes=2)
+    lanes.gate.set()
+    assert batcher.decode([_window(1)], OPTIONS, True)[0].text == "w1"
+    assert lanes.together == [{((1,), True)}]  # wide: one pass with every core
+    lanes.together.clear()
+    lanes.gate.clear()
+    with ThreadPoolExecutor(5) as pool:
+        handed = pool.submit(batcher.decode, [_window(n) for n in (2, 3, 4, 5, 6)], OPTIONS)
+        lanes.wait_running(2)  # two narrow passes side by side, the windows split between them
+        assert sorted(p for p, _ in lanes.running) == [(2, 3, 4), (5, 6)]
+        assert not any(wide for _, wide in lanes.running)
+        lanes.gate.set()
+        assert [t.text for t in handed.result(10)] == [f"w{n}" for n in (2, 3, 4, 5, 6)]
+
+
+def test_a_wide_pass_holds_every_lane_and_a_call_waits_for_the_passes() -> None:
+    lanes = Lanes()
+    batcher = Batcher(lanes, batch_size=6, batch_wait_ms=0, name="test-batcher", lanes=2)
+    with ThreadPoolExecutor(4) as pool:
+        lone = pool.submit(batcher.decode, [_window(1)], OPTIONS, True)
+        lanes.wait_running(1)
+        later = pool.submit(batcher.decode, [_window(2)], OPTIONS, True)
+        _wait_for(batcher, 1)  # the other lane is free, but the wide pass has its core
+        called = pool.submit(batcher.call, lambda: len(lanes.running))
+        threading.Event().wait(0.2)
+        assert batcher.waiting == 1 and not called.done()
+        lanes.gate.set()
+        assert lone.result(10)[0].text == "w1" and later.result(10)[0].text == "w2"
+        assert called.result(10) == 0  # the call ran with no pass beside it
+    assert all(len(together) == 1 for together in lanes.together), lanes.together
 
 
 # The real model: a batched pass against the same model's sequential decoding.

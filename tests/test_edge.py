@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestClient
 
-from config import Settings
+from config import Settings, load_settings
 from http_edge.middlewares import SECURITY_HEADERS
 from sayit_actors.store.redis_server import EmbeddedRedis
 
@@ -90,7 +90,8 @@ async def test_health_reports_the_parts(client: TestClient) -> None:
         "model": "base",
         "device": "cpu",
         "computeType": "int8",
-        "batchSize": 6,
+        "batchSize": 2,
+        "batchLanes": load_settings({}).engine.batch_lanes_for("cpu"),  # one per core
     }
     kinds = sorted({a["kind"] for a in services["workers"]["actors"]})
     assert kinds == [

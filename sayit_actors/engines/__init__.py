@@ -59,7 +59,7 @@ def create_engine(settings: EngineSettings, workers: int, data_dir: str = "data"
         return MlxEngine.load(settings, workers, data_dir)
     from sayit_actors.engines.faster import FasterWhisperEngine
 
-    return FasterWhisperEngine.load(settings, workers)
+    return FasterWhisperEngine.load(settings, workers, data_dir)
 
 
 def _mlx_installed() -> bool:

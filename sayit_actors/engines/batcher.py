@@ -1,14 +1,21 @@
-"""The node's batcher: every window any slot wants decoded goes through one engine pass at a time.
+"""The node's batcher: every window any slot wants decoded goes through shared engine passes.
 
-Slots (short uploads, queued chunks) hand their 30 s windows here and wait. One thread takes up to
-``batch_size`` waiting windows, short uploads' first, and decodes them as one batch with all the
-node's cores. While passes are shared it waits at most ``batch_wait_ms`` for more when fewer are
-there: clients answered by one pass send their next upload while the others' windows wait, and
-without that wait the two groups would keep taking turns in half-full passes. Queued chunks wait
-for it too (the other chunks of their job are on their way); a lone short upload never waits. A lone request so
-gets the whole machine, and many requests share passes instead of splitting the cores between
-them. Whatever the engine cannot batch (a window longer than 30 s, a language detection) runs on
-the same thread between batches, so the cores are never shared out twice.
+Slots (short uploads, queued chunks) hand their 30 s windows here and wait. The batcher's lanes
+take waiting windows, short uploads' first, and decode them in batches. How the cores are shared
+out is the batcher's one decision:
+
+- Fewer windows waiting than there are lanes, and no pass running: one *wide* pass with every
+  core. A lone request so gets the whole machine.
+- Otherwise a *narrow* pass per lane, each with one core and its share of the windows: on a CPU,
+  two one-thread passes of three windows decode about half as much again as one two-thread pass
+  of six (docs/PERFORMANCE.md), because small matrices split badly across threads.
+
+A wide pass holds every lane, so the cores are never shared out twice. While passes are shared a
+lane waits at most ``batch_wait_ms`` for more windows when fewer are there: clients answered by
+one pass send their next upload while the others' windows wait, and without that wait the groups
+would keep taking turns in half-full passes. Queued chunks wait for it too (the other chunks of
+their job are on their way); a lone short upload never waits. Whatever the engine cannot batch (a
+language detection) runs as a wide call between passes.
 
 The engine's ``decode_batch`` answers each window on its own: a window that fails fails only its
 own request or chunk. A window whose speech runs on past its last complete segment is answered
@@ -23,6 +30,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -80,24 +88,35 @@ class BatchStats:
     audio_s: float
     waited_s: tuple[float, ...]  # each window's time between its hand-over and the start of its pass
     engine_s: float
+    wide: bool  # the pass had every core
 
 
-DecodeBatch = Callable[[Sequence[Window]], Sequence[Transcript | Rest | BaseException]]
+# The windows of one pass, and whether it has every core (``wide``) or one lane's (one core on a CPU).
+DecodeBatch = Callable[[Sequence[Window], bool], Sequence[Transcript | Rest | BaseException]]
 
 
 class Batcher:
-    def __init__(self, decode_batch: DecodeBatch, *, batch_size: int, batch_wait_ms: float, name: str) -> None:
-        self.batch_size = batch_size
+    def __init__(
+        self, decode_batch: DecodeBatch, *, batch_size: int, batch_wait_ms: float, name: str, lanes: int = 1
+    ) -> None:  # fmt: skip
+        self.batch_size = batch_size  # most windows of one pass
+        self.lanes = lanes
         self._decode_batch = decode_batch
         self._wait_s = batch_wait_ms / 1000
         self._last_pass = (0, 0.0)  # windows and seconds of the last pass
         self._urgent: deque[Window] = deque()
         self._queued: deque[Window] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._busy = 0  # lanes in a pass or a call
+        self._wide = False  # a wide pass or a call holds every lane
         self._cond = threading.Condition()
         self.observers: set[Callable[[BatchStats], None]] = set()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name=name if lanes == 1 else f"{name}-{i}", daemon=True)
+            for i in range(lanes)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def decode(
         self, windows: Sequence[np.ndarray], options: TranscriptionOptions, urgent: bool = False
@@ -106,15 +125,15 @@ class Batcher:
         handed = [Window(samples, options, urgent) for samples in windows]
         with self._cond:
             (self._urgent if urgent else self._queued).extend(handed)
-            self._cond.notify()
+            self._cond.notify_all()
         return [w.future.result() for w in handed]
 
     def call(self, fn: Callable[[], T]) -> T:
-        """``fn`` run on the batcher's thread between two passes (work that is not batched)."""
+        """``fn`` run with every core between passes (work that is not batched)."""
         future: Future[T] = Future()
         with self._cond:
             self._calls.append((fn, future))
-            self._cond.notify()
+            self._cond.notify_all()
         return future.result()
 
     @property
@@ -124,53 +143,76 @@ class Batcher:
 
     def _loop(self) -> None:
         while True:
-            call, batch = self._next()
-            if call is not None:
-                fn, future = call
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as exc:
-                        future.set_exception(exc)
-            if batch:
-                self._run(batch)
+            call, batch, wide = self._next()
+            try:
+                if call is not None:
+                    fn, future = call
+                    if future.set_running_or_notify_cancel():
+                        try:
+                            future.set_result(fn())
+                        except BaseException as exc:
+                            future.set_exception(exc)
+                if batch:
+                    self._run(batch, wide)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._wide = self._wide and not wide
+                    self._cond.notify_all()
 
-    def _next(self) -> tuple[tuple[Callable[[], Any], Future[Any]] | None, list[Window]]:
+    def _next(self) -> tuple[tuple[Callable[[], Any], Future[Any]] | None, list[Window], bool]:
+        """The next work of a lane, and whether it has every core; the lane is counted busy."""
         with self._cond:
-            self._cond.wait_for(lambda: bool(self._calls or self._urgent or self._queued))
-            if self._calls:
-                return self._calls.popleft(), []
-            since = time.perf_counter()
-            while len(self._urgent) + len(self._queued) < self.batch_size and not self._calls:
-                left = since + self._fill_wait_s() - time.perf_counter()
-                if left <= 0 or not self._cond.wait(left):
-                    break
-            batch: list[Window] = []
-            for source in (self._urgent, self._queued):
-                while source and len(batch) < self.batch_size:
-                    batch.append(source.popleft())
-            return None, batch
+            while True:
+                self._cond.wait_for(lambda: bool(self._calls or self._urgent or self._queued) and not self._wide)
+                if self._calls:  # a call waits for every lane, and no pass starts before it
+                    if self._busy:
+                        self._cond.wait()
+                        continue
+                    self._busy, self._wide = 1, True
+                    return self._calls.popleft(), [], True
+                since = time.perf_counter()
+                while self._waiting() < self.batch_size * (self.lanes - self._busy) and not self._calls:
+                    left = since + self._fill_wait_s() - time.perf_counter()
+                    if left <= 0 or not self._cond.wait(left):
+                        break
+                waiting = self._waiting()
+                if self._wide or self._calls or not waiting:  # taken, or overtaken, while this lane waited
+                    continue
+                wide = self._busy == 0 and (self.lanes == 1 or waiting < self.lanes)
+                size = self.batch_size if wide else min(self.batch_size, math.ceil(waiting / (self.lanes - self._busy)))
+                batch: list[Window] = []
+                for source in (self._urgent, self._queued):
+                    while source and len(batch) < size:
+                        batch.append(source.popleft())
+                self._busy += 1
+                self._wide = wide
+                self._cond.notify_all()  # another lane may take what is left
+                return None, batch, wide
+
+    def _waiting(self) -> int:
+        return len(self._urgent) + len(self._queued)
 
     def _fill_wait_s(self) -> float:
         """How long to wait for a fuller pass. While passes are shared: at most a quarter of the
         last pass, so a fast device does not idle. Otherwise a short upload never waits, and queued
         chunks wait the whole ``batch_wait_ms``: the other chunks of their job are on their way."""
         windows, seconds = self._last_pass
-        if windows > 1:
+        if windows > 1 or self._busy:
             return min(self._wait_s, seconds / 4)
         return 0.0 if self._urgent else self._wait_s
 
-    def _run(self, batch: list[Window]) -> None:
+    def _run(self, batch: list[Window], wide: bool) -> None:
         started = time.perf_counter()
         try:
-            results = self._decode_batch(batch)
+            results = self._decode_batch(batch, wide)
         except BaseException as exc:  # the engine broke: every window of the pass hears of it
             log.exception("a batch of %d windows failed", len(batch))
             results = [exc] * len(batch)
         engine_s = time.perf_counter() - started
         self._last_pass = (len(batch), engine_s)
         stats = BatchStats(
-            len(batch), sum(w.audio_s for w in batch), tuple(started - w.queued_at for w in batch), engine_s
+            len(batch), sum(w.audio_s for w in batch), tuple(started - w.queued_at for w in batch), engine_s, wide
         )
         _give_back_freed_memory()
         rests: list[Window] = []
@@ -250,7 +292,7 @@ class BatchedEngine:
 
     def __init__(
         self, model: str, device: str, compute_type: str, workers: int, settings: EngineSettings,
-        decode_batch: DecodeBatch,
+        decode_batch: DecodeBatch, lanes: int = 1,
     ) -> None:  # fmt: skip
         self.model = model
         self.device = device
@@ -261,6 +303,7 @@ class BatchedEngine:
             batch_size=settings.batch_size_for(device),
             batch_wait_ms=settings.batch_wait_ms,
             name=f"{self.name}-batcher",
+            lanes=lanes,
         )
 
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:

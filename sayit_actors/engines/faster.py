@@ -1,7 +1,9 @@
 """The faster-whisper engine (CTranslate2): CPU int8 or CUDA float16.
 
-One model per process, driven by one batcher thread with every core (see ``batcher``): the windows
-every slot hands over go through the encoder and the decoder together, the way faster-whisper's
+One model per process, driven by the batcher (see ``batcher``), loaded twice over the same weights:
+once with every core for a wide pass, and, on a CPU, once with a one-thread worker per batcher
+lane for the narrow passes that run side by side. The windows every slot hands over go through the
+encoder and the decoder together, the way faster-whisper's
 ``BatchedInferencePipeline`` decodes one file's windows, but across requests. Each window keeps
 its own language (detected per window when none is given), prompt and hotwords; windows that
 differ in the settings a pass shares (beam size, patience, word timestamps, task) go in separate
@@ -13,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ctranslate2
@@ -53,6 +55,24 @@ def _device(requested: str) -> str:
     if requested != "auto":
         return requested
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def _load_model(name: str, data_dir: str | Path | None, **options: Any) -> WhisperModel:
+    if name == model_store.BUNDLED:
+        if data_dir is not None:
+            try:
+                return WhisperModel(str(model_store.bundled_dir(data_dir)), **options)
+            except OSError as exc:  # a read-only or full data directory: the model from memory
+                log.warning("cannot write the bundled model under %s (%s); loading it from memory", data_dir, exc)
+        return WhisperModel(name, files=model_store.bundled_files(), **options)
+    if (folder := model_store.local_model_dir(name)) is not None:
+        return WhisperModel(str(folder), **options)
+    if name in _HUB_MODELS:  # only a copy already in the local Hugging Face cache: no download at run time
+        return WhisperModel(name, local_files_only=True, **options)
+    raise EngineUnavailable(
+        f"SAYIT_MODEL={name!r} is neither 'base', a model name ({', '.join(_HUB_MODELS)}) "
+        "nor a folder holding a CTranslate2 model.bin"
+    )
 
 
 def _batch_key(options: TranscriptionOptions) -> tuple[Any, ...]:
@@ -96,10 +116,11 @@ class FasterWhisperEngine(BatchedEngine):
 
     def __init__(
         self, model: WhisperModel, model_name: str, device: str, compute_type: str, workers: int,
-        settings: EngineSettings,
+        settings: EngineSettings, narrow: WhisperModel | None = None, lanes: int = 1,
     ):  # fmt: skip
         self._model = model
-        super().__init__(model_name, device, compute_type, workers, settings, self._decode_batch)
+        self._narrow = narrow or model
+        super().__init__(model_name, device, compute_type, workers, settings, self._decode_batch, lanes)
 
     @property
     def whisper_model(self) -> WhisperModel:
@@ -107,34 +128,26 @@ class FasterWhisperEngine(BatchedEngine):
         return self._model
 
     @classmethod
-    def load(cls, settings: EngineSettings, workers: int) -> FasterWhisperEngine:
+    def load(cls, settings: EngineSettings, workers: int, data_dir: str | Path | None = None) -> FasterWhisperEngine:
+        """The engine with its models loaded; the bundled model is read from a folder it writes
+        under ``data_dir`` (from memory without one, at a cost of its size for each model)."""
         device = _device(settings.device)
         if device == "cuda" and ctranslate2.get_cuda_device_count() == 0:
             raise EngineUnavailable("SAYIT_DEVICE=cuda but CTranslate2 sees no CUDA device")
         compute_type = settings.compute_type
         if compute_type == "auto":
             compute_type = "float16" if device == "cuda" else "int8"
-        common = {
-            "device": device,
-            "compute_type": compute_type,
-            "cpu_threads": settings.cpu_threads or os.cpu_count() or 1,
-            "num_workers": 1,  # one batcher thread drives the model
-        }
+        threads, lanes = settings.threads(), settings.batch_lanes_for(device)
         started = time.perf_counter()
         name = settings.model
         try:
-            if name == model_store.BUNDLED:
-                model = WhisperModel(name, files=model_store.bundled_files(), **common)
-            elif (folder := model_store.local_model_dir(name)) is not None:
-                model = WhisperModel(str(folder), **common)
-            elif name in _HUB_MODELS:
-                # Only a copy already in the local Hugging Face cache: no download at run time.
-                model = WhisperModel(name, local_files_only=True, **common)
-            else:
-                raise EngineUnavailable(
-                    f"SAYIT_MODEL={name!r} is neither 'base', a model name ({', '.join(_HUB_MODELS)}) "
-                    "nor a folder holding a CTranslate2 model.bin"
-                )
+            # The wide passes' model: one worker with every thread. The narrow passes' (when the
+            # batcher has lanes): a worker per lane, each with its share of the threads.
+            kwargs = {"device": device, "compute_type": compute_type}
+            model = _load_model(name, data_dir, cpu_threads=threads, num_workers=1, **kwargs)
+            narrow = None
+            if lanes > 1:
+                narrow = _load_model(name, data_dir, cpu_threads=max(1, threads // lanes), num_workers=lanes, **kwargs)
         except EngineUnavailable:
             raise
         except FileNotFoundError as exc:
@@ -147,16 +160,20 @@ class FasterWhisperEngine(BatchedEngine):
                 "at a local CTranslate2 folder."
             ) from exc
         log.info(
-            "loaded Whisper %s with faster-whisper on %s/%s, %d workers, in %.2f s",
+            "loaded Whisper %s with faster-whisper on %s/%s, %d slots, %d batch lanes, in %.2f s",
             name,
             device,
             compute_type,
             workers,
+            lanes,
             time.perf_counter() - started,
         )
-        return cls(model, name, device, compute_type, workers, settings)
+        return cls(model, name, device, compute_type, workers, settings, narrow, lanes)
 
-    def _decode_batch(self, windows: Sequence[Window]) -> list[Transcript | Rest | BaseException]:
+    def _whisper(self, wide: bool) -> WhisperModel:
+        return self._model if wide else self._narrow
+
+    def _decode_batch(self, windows: Sequence[Window], wide: bool) -> list[Transcript | Rest | BaseException]:
         """Batched passes over the windows, grouped by the settings a pass shares; a window longer
         than 30 s, or one a pass heard badly, is decoded on its own with the temperature ladder
         (faster-whisper's sequential ``transcribe``)."""
@@ -167,31 +184,32 @@ class FasterWhisperEngine(BatchedEngine):
                 groups.setdefault(_batch_key(window.options), []).append(i)
         for members in groups.values():
             try:
-                heard = self._pass([windows[i] for i in members])
+                heard = self._pass([windows[i] for i in members], wide)
             except Exception:  # each on its own: a window that fails fails only itself
                 log.exception("a batched pass of %d windows failed; decoding them one by one", len(members))
                 continue
             for i, transcript in zip(members, heard, strict=True):
                 results[i] = transcript
         return [
-            self._alone(window) if result is None else result for window, result in zip(windows, results, strict=True)
+            self._alone(window, wide) if result is None else result
+            for window, result in zip(windows, results, strict=True)
         ]
 
-    def _alone(self, window: Window) -> Transcript | BaseException:
+    def _alone(self, window: Window, wide: bool) -> Transcript | BaseException:
         """A window the passes could not take, decoded by the sequential path; its failure is its own."""
         try:
-            return self._sequential(window.samples, window.options)
+            return self._sequential(window.samples, window.options, wide)
         except Exception as exc:
             return exc
 
-    def _pass(self, windows: Sequence[Window]) -> list[Transcript | Rest | None]:
+    def _pass(self, windows: Sequence[Window], wide: bool = True) -> list[Transcript | Rest | None]:
         """Windows (each at most 30 s, same settings) through the encoder and the decoder together.
 
         A window whose text stops before its end without closing its last segment (Whisper writes
         what it is sure of and leaves the rest) is answered with a ``Rest`` from its last complete
         segment, decoded again in a next pass, as the sequential path seeks on; None for a window
         the sequential path's checks would decode again hotter."""
-        model = self._model
+        model = self._whisper(wide)
         options = windows[0].options
         # Every frame the feature extractor gives, as the sequential path's language detection hears
         # them: a window of two languages is then given the one the sequential path would give it.
@@ -286,10 +304,10 @@ class FasterWhisperEngine(BatchedEngine):
             out.append(heard if silent or resume_s is None else Rest(heard, resume_s))
         return out
 
-    def _sequential(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
+    def _sequential(self, audio: np.ndarray, options: TranscriptionOptions, wide: bool = True) -> Transcript:
         """One faster-whisper call on all of ``audio`` (its own Silero filter is never used: it
         joins the speech of a chunk into one window, and Whisper stops after the first passage)."""
-        segments_iter, info = self._model.transcribe(
+        segments_iter, info = self._whisper(wide).transcribe(
             audio,
             language=options.language,
             task=options.task,

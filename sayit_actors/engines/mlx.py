@@ -146,7 +146,7 @@ class MlxEngine(BatchedEngine):
         )  # fmt: skip
         return cls(mlx_whisper, folder, settings.model, device, compute_type, workers, settings)
 
-    def _decode_batch(self, windows: Sequence[Window]) -> list[Transcript | Rest | BaseException]:
+    def _decode_batch(self, windows: Sequence[Window], wide: bool) -> list[Transcript | Rest | BaseException]:
         results: list[Transcript | Rest | BaseException] = []
         for window in windows:
             try:
