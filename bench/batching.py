@@ -27,6 +27,11 @@ decoded without batching (the same chunks and windows, each window one plain fas
 is the target; against one ``WhisperModel.transcribe`` over the whole file it is reported.
 Targets: job wall at most 1.1 × the pipeline's, WER at most 3 %.
 
+0. What a pass costs on this machine, which decides what batching can win here: the windows'
+first passes (no rests) of the clips through the anchors' copy of the node's engine, in audio
+seconds per second, with one window and with the node's batch in each pass, on the lanes side by
+side (a one-thread worker each) and on one pass with every thread. No target: it explains the others.
+
 4. Memory: the peak resident set of the node process plus its children (the embedded Redis),
 sampled every 0.1 s during level 2 at the default batch size. Target: at most 1.5 GB; every load
 request of level 2 must have been answered 200 for the figure to count.
@@ -66,6 +71,7 @@ from config import load_settings
 from sayit_actors import audio
 from sayit_actors.audio import chunking, silence
 from sayit_actors.engines import Transcript, TranscriptionOptions
+from sayit_actors.engines.batcher import Window
 from sayit_actors.engines.textmetrics import word_error_rate
 
 SR = audio.SAMPLE_RATE
@@ -88,6 +94,7 @@ CLIP_RECIPES: tuple[tuple[str, tuple[tuple[str, float | None], ...]], ...] = (
 # The pipeline's batch size: its best on a CPU (faster-whisper's own CPU figures are at 8), not the
 # node's smaller one: the strongest anchor the pipeline makes here.
 PIPELINE_BATCH_SIZE = 8
+PASS_CLIPS = 12  # level 0
 TARGET_LONE_RATIO = 1.10
 TARGET_VS_THREADS = 1.4
 TARGET_VS_BIP = 0.9
@@ -311,6 +318,43 @@ def lone_level(server: common.Server, anchors: Anchors, options: TranscriptionOp
     }  # fmt: skip
 
 
+# --- level 0: what a pass costs ------------------------------------------------------------------
+
+
+def pass_costs(anchors: Anchors, clips: Sequence[Clip], options: TranscriptionOptions, lanes: int) -> dict[str, Any]:
+    """First passes of ``PASS_CLIPS`` clips through the engine's ``_pass``: per lane (one-thread
+    workers side by side) with 1 window and with the batch size, and wide (every thread) with the
+    batch size; audio seconds per second of each."""
+    engine = anchors.engine
+    chosen = [clips[i % len(clips)].samples for i in range(PASS_CLIPS)]
+    audio_s = sum(c.shape[0] for c in chosen) / SR
+
+    def timed(size: int, wide: bool) -> float:
+        groups = [chosen[i : i + size] for i in range(0, len(chosen), size)]
+        left = iter(groups)
+        lock = threading.Lock()
+
+        def lane(_: int) -> None:
+            while True:
+                with lock:
+                    group = next(left, None)
+                if group is None:
+                    return
+                engine._pass([Window(samples, options) for samples in group], wide)
+
+        return audio_s / in_threads(1 if wide else lanes, lane)
+
+    timed(1, False)  # warm-up
+    out: dict[str, Any] = {"clips": PASS_CLIPS, "audio_s": audio_s, "lanes": lanes, "batch_size": anchors.batch_size}
+    out["lanes_1_window"] = timed(1, False)
+    out["lanes_batch"] = timed(anchors.batch_size, False)
+    out["wide_batch"] = timed(anchors.batch_size, True)
+    print(f"  first passes, audio-s/s: {lanes} lanes × 1 window {out['lanes_1_window']:.1f}, "
+          f"{lanes} lanes × {anchors.batch_size} {out['lanes_batch']:.1f}, "
+          f"one wide pass × {anchors.batch_size} {out['wide_batch']:.1f}")  # fmt: skip
+    return out
+
+
 # --- level 2: eight clients with 29 s clips ------------------------------------------------------
 
 
@@ -530,7 +574,7 @@ def longform_level(
 # --- the report ----------------------------------------------------------------------------------
 
 
-def table_rows(lone: dict[str, Any], load: dict[str, Any], long: dict[str, Any]) -> list[Row]:
+def table_rows(passes: dict[str, Any], lone: dict[str, Any], load: dict[str, Any], long: dict[str, Any]) -> list[Row]:
     n, b = lone["node"], lone["bare"]
     c = load["node"]
     lat = c["latency"]
@@ -538,7 +582,11 @@ def table_rows(lone: dict[str, Any], load: dict[str, Any], long: dict[str, Any])
     mem = load["memory"]["peak_node_and_children_mb"]
     batch = load["batch_metrics"]
     per_pass = f"{batch['mean_windows_per_pass']:.2f}" if "mean_windows_per_pass" in batch else "not exposed"
+    lanes, size = passes["lanes"], passes["batch_size"]
     return [
+        (f"first passes: {lanes} lanes × 1 window / {lanes} lanes × {size} / one wide pass × {size}",
+         f"{passes['lanes_1_window']:.1f} / {passes['lanes_batch']:.1f} / {passes['wide_batch']:.1f} audio-s/s", "",
+         ""),
         ("lone jfk.flac: p50 / p90 node", f"{n['p50_s']:.3f} / {n['p90_s']:.3f} s", "", ""),
         ("lone jfk.flac: p50 / p90 bare engine", f"{b['p50_s']:.3f} / {b['p90_s']:.3f} s", "", ""),
         ("lone: p50 node / bare", f"{lone['ratio_p50']:.3f} (p90 {lone['ratio_p90']:.3f})",
@@ -611,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
                 if whisper.get("batchSize") not in (None, anchors.batch_size):
                     raise BenchError(f"node batch size {whisper['batchSize']}, anchors {anchors.batch_size}")
                 lanes = whisper.get("batchLanes", 1)
+                print(f"level 0: first passes of {PASS_CLIPS} clips")
+                passes = pass_costs(anchors, clips, short, lanes)
                 print(f"level 1: lone {LONE_AUDIO.name}, {args.lone_requests} requests each, interleaved")
                 lone = lone_level(server, anchors, short, args.lone_requests)
                 print(f"level 2: {CLIENTS} clients, {args.clients_requests} uploads of {CLIP_S:g} s, in rounds")
@@ -633,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_problems": problems,
     }  # fmt: skip
     report = {
-        "settings": report_settings, "lone": lone, "clients": busy, "longform": long,
+        "settings": report_settings, "passes": passes, "lone": lone, "clients": busy, "longform": long,
         "memory": {**busy["memory"], "requests_not_200": busy["requests"] - busy["ok"]},
         "targets": {"lone_ratio_max": TARGET_LONE_RATIO, "vs_threads_min": TARGET_VS_THREADS,
                     "vs_pipeline_min": TARGET_VS_BIP, "job_vs_pipeline_max": TARGET_JOB_VS_BIP,
@@ -655,7 +705,9 @@ def main(argv: list[str] | None = None) -> int:
         "(default VAD) on the whole file, medians of the runs; WER against one `WhisperModel.transcribe` over it"
     )
     print()
-    common.write_results(args.out, "batching", "Continuous batching", report, table_rows(lone, busy, long), notes)
+    common.write_results(
+        args.out, "batching", "Continuous batching", report, table_rows(passes, lone, busy, long), notes
+    )
     common.print_log_problems(problems)
     return 0
 
