@@ -1,10 +1,11 @@
 """Continuous batching: a node's batcher against the bare engine and faster-whisper's own batched pipeline.
 
-The node decodes every 30 s window its slots hand over in shared engine passes (one batcher thread,
-all cores). Four figures check what that promises, each against its anchor measured in the same
-run, the two interleaved request by request or round by round so that a busy machine slows both.
-One ``sayit serve`` at its default settings (result cache off) serves every level; the anchors run
-in this process with the same model, compute type and decoding options as the node.
+The node decodes every 30 s window its slots hand over in shared engine passes (a wide pass with
+every core for a lone window, else a pass per lane, one core each). Four figures check what that
+promises, each against its anchor measured in the same run, the two interleaved request by
+request or round by round so that a busy machine slows both. One ``sayit serve`` at its default
+settings (result cache off) serves every level; the anchors run in this process with the same
+model, compute type and decoding options as the node.
 
 1. A lone short request: jfk.flac (11 s, language en) posted to an idle node, one at a time,
 against the bare engine (one faster-whisper ``WhisperModel.transcribe`` with every core, one worker,

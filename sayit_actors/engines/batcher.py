@@ -194,12 +194,15 @@ class Batcher:
         return len(self._urgent) + len(self._queued)
 
     def _fill_wait_s(self) -> float:
-        """How long to wait for a fuller pass. While passes are shared: at most a quarter of the
-        last pass, so a fast device does not idle. Otherwise a short upload never waits, and queued
-        chunks wait the whole ``batch_wait_ms``: the other chunks of their job are on their way."""
+        """How long to wait for a fuller pass. While passes are shared: with lanes, not at all (a
+        lane decodes as much a second with one window as with several, so a free lane starts at
+        once); with one, at most a quarter of the last pass, so a fast device does not idle.
+        Otherwise a short upload never waits, and queued chunks wait the whole ``batch_wait_ms``:
+        the other chunks of their job are on their way, better spread over the lanes than started
+        in a wide pass."""
         windows, seconds = self._last_pass
         if windows > 1 or self._busy:
-            return min(self._wait_s, seconds / 4)
+            return 0.0 if self.lanes > 1 else min(self._wait_s, seconds / 4)
         return 0.0 if self._urgent else self._wait_s
 
     def _run(self, batch: list[Window], wide: bool) -> None:
