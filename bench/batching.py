@@ -7,6 +7,11 @@ request or round by round so that a busy machine slows both. One ``sayit serve``
 settings (result cache off) serves every level; the anchors run in this process with the same
 model, compute type and decoding options as the node.
 
+0. What a pass costs on this machine, which decides what batching can win here: the windows'
+first passes (no rests) of the clips through the anchors' copy of the node's engine, in audio
+seconds per second, with one window and with the node's batch in each pass, on the lanes side by
+side (a one-thread worker each) and on one pass with every thread. No target: it explains the others.
+
 1. A lone short request: jfk.flac (11 s, language en) posted to an idle node, one at a time,
 against the bare engine (one faster-whisper ``WhisperModel.transcribe`` with every core, one worker,
 the options the node gives an English short upload; decode + transcribe timed). Target: node
@@ -27,11 +32,6 @@ decode timed too). The word error rate of the job's transcript against the same 
 decoded without batching (the same chunks and windows, each window one plain faster-whisper call)
 is the target; against one ``WhisperModel.transcribe`` over the whole file it is reported.
 Targets: job wall at most 1.1 × the pipeline's, WER at most 3 %.
-
-0. What a pass costs on this machine, which decides what batching can win here: the windows'
-first passes (no rests) of the clips through the anchors' copy of the node's engine, in audio
-seconds per second, with one window and with the node's batch in each pass, on the lanes side by
-side (a one-thread worker each) and on one pass with every thread. No target: it explains the others.
 
 4. Memory: the peak resident set of the node process plus its children (the embedded Redis),
 sampled every 0.1 s during level 2 at the default batch size. Target: at most 1.5 GB; every load
