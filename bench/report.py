@@ -497,7 +497,7 @@ def _why_batching(report: Report) -> str:
     if pass_s is not None and wall_s:
         parts.append(
             f"Its {lanes} lanes were in passes {pass_s / (wall_s * lanes):.0%} of the run; the rest went to the "
-            "HTTP edge, decoding uploads and the voice-activity check on the same cores, and to waits for a pass."
+            "HTTP edge and decoding uploads on the same cores, and to waits for a pass."
         )
     parts.append(
         "What would close it: a device on which a batch of windows costs less than its windows one by one, as a "
