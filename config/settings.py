@@ -296,11 +296,15 @@ class EngineSettings:
     )
     batch_wait_ms: float = field(
         default=300.0,
-        metadata=setting(_float(0.0), "while passes are shared, longest wait for more windows when a pass is not full"),
+        metadata=setting(
+            _float(0.0),
+            "longest wait for a fuller pass: a single lane's (a GPU) while passes are shared, "
+            "queued chunks' at an idle node",
+        ),
     )
 
     def batch_size_for(self, device: str) -> int:
-        # On a CPU a one-thread pass decodes as much a second with one window as with three, and beam
+        # On a CPU a one-thread pass decodes as much a second with one window as with several, and beam
         # search keeps each window's encoder output once per beam (about 90 MB a window for base):
         # two a pass keep a node's memory well within 1.5 GB (docs/PERFORMANCE.md).
         return self.batch_size or (16 if device == "cuda" else 2)

@@ -218,14 +218,18 @@ class Lanes:
         self.lock = threading.Lock()
         self.running: list[tuple[tuple[int, ...], bool]] = []
         self.together: list[set[tuple[tuple[int, ...], bool]]] = []
+        self.passes: list[tuple[tuple[int, ...], bool]] = []
         self.gate = threading.Event()
+        self.hold_s = 0.0
 
     def __call__(self, windows: Sequence[Window], wide: bool) -> list[Transcript | BaseException]:
         me = (tuple(int(w.samples[0]) for w in windows), wide)
         with self.lock:
             self.running.append(me)
             self.together.append(set(self.running))
+            self.passes.append(me)
         self.gate.wait(10)
+        threading.Event().wait(self.hold_s)
         with self.lock:
             self.running.remove(me)
         return [_transcript(w) for w in windows]
@@ -254,6 +258,18 @@ def test_a_lone_window_gets_every_core_and_waiting_windows_share_the_lanes() -> 
         assert not any(wide for _, wide in lanes.running)
         lanes.gate.set()
         assert [t.text for t in handed.result(10)] == [f"w{n}" for n in (2, 3, 4, 5, 6)]
+
+
+def test_a_busy_node_s_lull_between_passes_does_not_hold_every_lane_for_one_window() -> None:
+    lanes = Lanes()
+    lanes.gate.set()
+    lanes.hold_s = 0.5
+    batcher = Batcher(lanes, batch_size=1, batch_wait_ms=0, name="test-batcher", lanes=2)
+    batcher.decode([_window(1), _window(2)], OPTIONS)  # a window for each lane: narrow passes
+    batcher.decode([_window(3)], OPTIONS, True)  # the next upload right after: still narrow
+    threading.Event().wait(0.7)  # a lull longer than a pass: the node is idle again
+    batcher.decode([_window(4)], OPTIONS, True)
+    assert sorted(lanes.passes) == [((1,), False), ((2,), False), ((3,), False), ((4,), True)]
 
 
 def test_a_wide_pass_holds_every_lane_and_a_call_waits_for_the_passes() -> None:

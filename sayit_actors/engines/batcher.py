@@ -4,11 +4,12 @@ Slots (short uploads, queued chunks) hand their 30 s windows here and wait. The 
 take waiting windows, short uploads' first, and decode them in batches. How the cores are shared
 out is the batcher's one decision:
 
-- Fewer windows waiting than there are lanes, and no pass running: one *wide* pass with every
-  core. A lone request so gets the whole machine.
-- Otherwise a *narrow* pass per lane, each with one core and its share of the windows: on a CPU,
-  two one-thread passes of three windows decode about half as much again as one two-thread pass
-  of six (docs/PERFORMANCE.md), because small matrices split badly across threads.
+- Fewer windows waiting than there are lanes, no pass running, and none crowded the lanes within
+  the last pass's time: one *wide* pass with every core. A lone request so gets the whole
+  machine, and a busy node's lull between passes does not hold every lane for one window.
+- Otherwise a *narrow* pass per lane, each with one core and its share of the windows: on a
+  2-core CPU two one-thread passes side by side decode about twice as much as one pass split
+  across both threads (docs/PERFORMANCE.md), because small matrices split badly across threads.
 
 A wide pass holds every lane, so the cores are never shared out twice. While passes are shared a
 lane waits at most ``batch_wait_ms`` for more windows when fewer are there: clients answered by
@@ -104,6 +105,8 @@ class Batcher:
         self._decode_batch = decode_batch
         self._wait_s = batch_wait_ms / 1000
         self._last_pass = (0, 0.0)  # windows and seconds of the last pass
+        self._held = 0  # windows handed over and not yet answered (waiting or in a pass)
+        self._crowded_at = -math.inf  # when the batcher last held a window for every lane
         self._urgent: deque[Window] = deque()
         self._queued: deque[Window] = deque()
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
@@ -125,6 +128,9 @@ class Batcher:
         handed = [Window(samples, options, urgent) for samples in windows]
         with self._cond:
             (self._urgent if urgent else self._queued).extend(handed)
+            self._held += len(handed)
+            if self._held >= self.lanes:
+                self._crowded_at = time.perf_counter()
             self._cond.notify_all()
         return [w.future.result() for w in handed]
 
@@ -179,7 +185,7 @@ class Batcher:
                 waiting = self._waiting()
                 if self._wide or self._calls or not waiting:  # taken, or overtaken, while this lane waited
                     continue
-                wide = self._busy == 0 and (self.lanes == 1 or waiting < self.lanes)
+                wide = self._busy == 0 and (self.lanes == 1 or (waiting < self.lanes and not self._crowded()))
                 size = self.batch_size if wide else min(self.batch_size, math.ceil(waiting / (self.lanes - self._busy)))
                 batch: list[Window] = []
                 for source in (self._urgent, self._queued):
@@ -192,6 +198,12 @@ class Batcher:
 
     def _waiting(self) -> int:
         return len(self._urgent) + len(self._queued)
+
+    def _crowded(self) -> bool:
+        """Whether the lanes had a window each within the last pass's time (at a hand-over, or at
+        the end of a pass): the lull between two passes of a busy node, answered clients about to
+        send their next upload, in which a wide pass would hold every lane for one window."""
+        return time.perf_counter() - self._crowded_at < self._last_pass[1]
 
     def _fill_wait_s(self) -> float:
         """How long to wait for a fuller pass. While passes are shared: with lanes, not at all (a
@@ -218,6 +230,12 @@ class Batcher:
             len(batch), sum(w.audio_s for w in batch), tuple(started - w.queued_at for w in batch), engine_s, wide
         )
         _give_back_freed_memory()
+        with self._cond:
+            if self._held >= self.lanes:
+                self._crowded_at = time.perf_counter()
+            self._held -= sum(
+                1 for w, r in zip(batch, results, strict=True) if not (isinstance(r, Rest) and w.rests < MAX_RESTS)
+            )
         rests: list[Window] = []
         for window, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
