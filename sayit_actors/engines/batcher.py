@@ -11,12 +11,13 @@ out is the batcher's one decision:
   2-core CPU two one-thread passes side by side decode about twice as much as one pass split
   across both threads (docs/PERFORMANCE.md), because small matrices split badly across threads.
 
-A wide pass holds every lane, so the cores are never shared out twice. While passes are shared a
-lane waits at most ``batch_wait_ms`` for more windows when fewer are there: clients answered by
-one pass send their next upload while the others' windows wait, and without that wait the groups
-would keep taking turns in half-full passes. Queued chunks wait for it too (the other chunks of
-their job are on their way); a lone short upload never waits. Whatever the engine cannot batch (a
-language detection) runs as a wide call between passes.
+A wide pass holds every lane, so the cores are never shared out twice. A single lane (a GPU)
+waits at most ``batch_wait_ms`` for more windows while passes are shared: clients answered by one
+pass send their next upload while the others' windows wait, and without that wait the groups would
+keep taking turns in half-full passes. Several lanes start at once (a lane decodes as much a
+second with one window as with several). Queued chunks at an idle batcher wait too (the other
+chunks of their job are on their way); a lone short upload never waits. Whatever the engine cannot
+batch (a language detection) runs as a wide call between passes.
 
 The engine's ``decode_batch`` answers each window on its own: a window that fails fails only its
 own request or chunk. A window whose speech runs on past its last complete segment is answered
@@ -230,17 +231,16 @@ class Batcher:
             len(batch), sum(w.audio_s for w in batch), tuple(started - w.queued_at for w in batch), engine_s, wide
         )
         _give_back_freed_memory()
-        with self._cond:
+        again = [isinstance(r, Rest) and w.rests < MAX_RESTS for w, r in zip(batch, results, strict=True)]
+        with self._cond:  # before any caller hears back and hands over its next window
             if self._held >= self.lanes:
                 self._crowded_at = time.perf_counter()
-            self._held -= sum(
-                1 for w, r in zip(batch, results, strict=True) if not (isinstance(r, Rest) and w.rests < MAX_RESTS)
-            )
+            self._held -= again.count(False)
         rests: list[Window] = []
-        for window, result in zip(batch, results, strict=True):
+        for window, result, rest in zip(batch, results, again, strict=True):
             if isinstance(result, BaseException):
                 window.future.set_exception(result)
-            elif isinstance(result, Rest) and window.rests < MAX_RESTS:
+            elif rest and isinstance(result, Rest):
                 window.pieces.append(_shifted(result.heard, window.offset_s))
                 window.samples = window.samples[round(result.resume_s * SAMPLE_RATE) :]
                 window.offset_s += result.resume_s

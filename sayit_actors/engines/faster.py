@@ -1,10 +1,10 @@
 """The faster-whisper engine (CTranslate2): CPU int8 or CUDA float16.
 
-One model per process, driven by the batcher (see ``batcher``), loaded twice over the same weights:
-once with every core for a wide pass, and, on a CPU, once with a one-thread worker per batcher
-lane for the narrow passes that run side by side. The windows every slot hands over go through the
-encoder and the decoder together, the way faster-whisper's
-``BatchedInferencePipeline`` decodes one file's windows, but across requests. Each window keeps
+One model per process, driven by the batcher (see ``batcher``) and loaded twice: once with every
+core for a wide pass and, on a CPU, once with a one-thread worker per batcher lane for the narrow
+passes that run side by side. The windows every slot hands over go through the encoder and the
+decoder together, the way faster-whisper's ``BatchedInferencePipeline`` decodes one file's
+windows, but across requests. Each window keeps
 its own language (detected per window when none is given), prompt and hotwords; windows that
 differ in the settings a pass shares (beam size, patience, word timestamps, task) go in separate
 passes. A window the pass heard badly (compression ratio or average log-probability past the
@@ -147,7 +147,7 @@ class FasterWhisperEngine(BatchedEngine):
             model = _load_model(name, data_dir, cpu_threads=threads, num_workers=1, **kwargs)
             narrow = None
             if lanes > 1:
-                narrow = _load_model(name, data_dir, cpu_threads=max(1, threads // lanes), num_workers=lanes, **kwargs)
+                narrow = _load_model(name, data_dir, cpu_threads=threads // lanes, num_workers=lanes, **kwargs)
         except EngineUnavailable:
             raise
         except FileNotFoundError as exc:
