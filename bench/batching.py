@@ -57,10 +57,10 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import common
 import longform
@@ -76,6 +76,7 @@ from sayit_actors.engines.batcher import Window
 from sayit_actors.engines.textmetrics import word_error_rate
 
 SR = audio.SAMPLE_RATE
+T = TypeVar("T")
 LONE_AUDIO = common.CORPUS / "jfk.flac"
 CLIP_S = 29.0
 GAP_S = 0.5
@@ -266,6 +267,23 @@ def in_threads(count: int, work: Callable[[int], None]) -> float:
     return time.perf_counter() - started
 
 
+def shared_out(count: int, items: Iterable[T], work: Callable[[T], None]) -> float:
+    """``count`` threads taking ``items`` in turn, each its next as soon as its last is done; the wall
+    seconds until the last ends."""
+    left = iter(items)
+    lock = threading.Lock()
+
+    def worker(_: int) -> None:
+        while True:
+            with lock:
+                item = next(left, None)
+            if item is None:
+                return
+            work(item)
+
+    return in_threads(count, worker)
+
+
 # --- level 1: a lone short request ---------------------------------------------------------------
 
 
@@ -332,18 +350,9 @@ def pass_costs(anchors: Anchors, clips: Sequence[Clip], options: TranscriptionOp
 
     def timed(size: int, wide: bool) -> float:
         groups = [chosen[i : i + size] for i in range(0, len(chosen), size)]
-        left = iter(groups)
-        lock = threading.Lock()
-
-        def lane(_: int) -> None:
-            while True:
-                with lock:
-                    group = next(left, None)
-                if group is None:
-                    return
-                engine._pass([Window(samples, options) for samples in group], wide)
-
-        return audio_s / in_threads(1 if wide else lanes, lane)
+        return audio_s / shared_out(
+            1 if wide else lanes, groups, lambda group: engine._pass([Window(w, options) for w in group], wide)
+        )
 
     timed(1, False)  # warm-up
     out: dict[str, Any] = {"clips": PASS_CLIPS, "audio_s": audio_s, "lanes": lanes, "batch_size": anchors.batch_size}
@@ -385,38 +394,22 @@ def node_round(server: common.Server, clips: Sequence[Clip], first: int, count: 
     """``count`` uploads (clips in turn from ``first``) by CLIENTS clients, each posting its next one as
     soon as its last is answered; the answers and the round's wall seconds."""
     answers: list[Answer] = []
-    lock = threading.Lock()
-    left = iter(range(first, first + count))
 
-    def client(_: int) -> None:
-        while True:
-            with lock:
-                index = next(left, None)
-            if index is None:
-                return
-            clip = clips[index % len(clips)]
-            answer = post(server.port, clip.body, clip.content_type, clip.duration_s)
-            with lock:
-                answers.append(answer)
+    def client(index: int) -> None:
+        clip = clips[index % len(clips)]
+        answers.append(post(server.port, clip.body, clip.content_type, clip.duration_s))  # list.append is atomic
 
-    return answers, in_threads(CLIENTS, client)
+    return answers, shared_out(CLIENTS, range(first, first + count), client)
 
 
 def threads_round(anchors: Anchors, clips: Sequence[Clip], first: int, count: int, options: Any) -> float:
     """(a): CLIENTS threads calling ``transcribe`` on the worker-per-core model; the round's wall seconds."""
-    lock = threading.Lock()
-    left = iter(range(first, first + count))
 
-    def worker(_: int) -> None:
-        while True:
-            with lock:
-                index = next(left, None)
-            if index is None:
-                return
-            if not common.plain_transcribe(anchors.threads_model, clips[index % len(clips)].samples, options):
-                raise BenchError("anchor (a) returned an empty transcription")
+    def worker(index: int) -> None:
+        if not common.plain_transcribe(anchors.threads_model, clips[index % len(clips)].samples, options):
+            raise BenchError("anchor (a) returned an empty transcription")
 
-    return in_threads(CLIENTS, worker)
+    return shared_out(CLIENTS, range(first, first + count), worker)
 
 
 def pipeline_round(anchors: Anchors, clips: Sequence[Clip], first: int, count: int, options: Any) -> float:
