@@ -10,12 +10,15 @@ model, compute type and decoding options as the node.
 0. What a pass costs on this machine, which decides what batching can win here: the windows'
 first passes (no rests) of the clips through the anchors' copy of the node's engine, in audio
 seconds per second, with one window and with the node's batch in each pass, on the lanes side by
-side (a one-thread worker each) and on one pass with every thread. No target: it explains the others.
+side (a one-thread worker each), and in wide passes of one window (a lone request's), encoded with
+every thread and decoded with every thread or on one lane's worker (the engine times which at
+load). No target: it explains the others.
 
 1. A lone short request: jfk.flac (11 s, language en) posted to an idle node, one at a time,
 against the bare engine (one faster-whisper ``WhisperModel.transcribe`` with every core, one worker,
 the options the node gives an English short upload; decode + transcribe timed). Target: node
-p50 at most 1.10 × bare p50.
+p50 at most 1.10 × bare p50. The same call on one thread (one lane's worker) is reported too: on
+a CPU whose decoder gains nothing from threads it is the faster anchor.
 
 2. Eight clients posting 29 s clips of real speech (built from the corpus) in rounds: the node's
 throughput in audio seconds per second, latency p50/p90, and how many answers were 202 or 503;
@@ -293,8 +296,9 @@ def lone_level(server: common.Server, anchors: Anchors, options: TranscriptionOp
     node: list[float] = []
     bare: list[float] = []
     bare_engine_only: list[float] = []
+    one_thread: list[float] = []
     failures: list[str] = []
-    texts = {"node": "", "bare": ""}
+    texts = {"node": "", "bare": "", "one_thread": ""}
 
     def node_once() -> float:
         answer = post(server.port, body, content_type, clip_s)
@@ -303,37 +307,42 @@ def lone_level(server: common.Server, anchors: Anchors, options: TranscriptionOp
         texts["node"] = answer.text
         return answer.latency_s
 
-    def bare_once() -> tuple[float, float]:
+    def bare_once(wide: bool = True) -> tuple[float, float]:
         started = time.perf_counter()
         samples = audio.decode(LONE_AUDIO)
         decoded = time.perf_counter()
-        texts["bare"] = anchors.engine._sequential(samples, options).text.strip()
+        texts["bare" if wide else "one_thread"] = anchors.engine._sequential(samples, options, wide).text.strip()
         done = time.perf_counter()
         return done - started, done - decoded
 
     for _ in range(WARMUP):
         node_once()
         bare_once()
+        bare_once(wide=False)
     failures.clear()
     for i in range(requests):
         # ABBA: which path goes first alternates, so neither always follows the other's spin-down.
-        for side in ("node", "bare") if i % 2 == 0 else ("bare", "node"):
+        for side in ("node", "bare", "one_thread") if i % 2 == 0 else ("one_thread", "bare", "node"):
             if side == "node":
                 node.append(node_once())
+            elif side == "one_thread":
+                one_thread.append(bare_once(wide=False)[0])
             else:
                 whole, engine_only = bare_once()
                 bare.append(whole)
                 bare_engine_only.append(engine_only)
             time.sleep(PAUSE_S)
         if (i + 1) % 10 == 0 or i + 1 == requests:
-            print(f"  lone {i + 1:>4}/{requests}: node p50 {np.median(node):.3f} s, bare p50 {np.median(bare):.3f} s")
-    n, b = latency(node), latency(bare)
+            print(f"  lone {i + 1:>4}/{requests}: node p50 {np.median(node):.3f} s, bare p50 {np.median(bare):.3f} s, "
+                  f"one thread p50 {np.median(one_thread):.3f} s")  # fmt: skip
+    n, b, one = latency(node), latency(bare), latency(one_thread)
     return {
         "audio": LONE_AUDIO.name, "audio_duration_s": clip_s, "requests": requests, "node": n, "bare": b,
         "bare_transcribe_only": latency(bare_engine_only), "ratio_p50": n["p50_s"] / b["p50_s"],
+        "bare_one_thread": one, "ratio_p50_vs_one_thread": n["p50_s"] / one["p50_s"],
         "ratio_p90": n["p90_s"] / b["p90_s"], "non_200": len(failures), "failures": failures[:20],
         "same_text": texts["node"] == texts["bare"], "texts": texts,
-        "timings_s": {"node": node, "bare": bare},
+        "timings_s": {"node": node, "bare": bare, "one_thread": one_thread},
     }  # fmt: skip
 
 
@@ -342,8 +351,9 @@ def lone_level(server: common.Server, anchors: Anchors, options: TranscriptionOp
 
 def pass_costs(anchors: Anchors, clips: Sequence[Clip], options: TranscriptionOptions, lanes: int) -> dict[str, Any]:
     """First passes of ``PASS_CLIPS`` clips through the engine's ``_pass``: per lane (one-thread
-    workers side by side) with 1 window and with the batch size, and wide (every thread) with the
-    batch size; audio seconds per second of each."""
+    workers side by side) with 1 window and with the batch size, and wide with 1 window (a lone
+    request's pass), its decoder on every thread and on the lanes' workers; audio seconds per
+    second of each."""
     engine = anchors.engine
     chosen = [clips[i % len(clips)].samples for i in range(PASS_CLIPS)]
     audio_s = sum(c.shape[0] for c in chosen) / SR
@@ -355,13 +365,21 @@ def pass_costs(anchors: Anchors, clips: Sequence[Clip], options: TranscriptionOp
         )
 
     timed(1, False)  # warm-up
-    out: dict[str, Any] = {"clips": PASS_CLIPS, "audio_s": audio_s, "lanes": lanes, "batch_size": anchors.batch_size}
+    out: dict[str, Any] = {"clips": PASS_CLIPS, "audio_s": audio_s, "lanes": lanes, "batch_size": anchors.batch_size,
+                           "wide_decoder_threads": engine.wide_decoder_threads}  # fmt: skip
     out["lanes_1_window"] = timed(1, False)
     out["lanes_batch"] = timed(anchors.batch_size, False)
-    out["wide_batch"] = timed(anchors.batch_size, True)
+    chose = engine._decodes_wide
+    try:
+        for every_thread, key in ((True, "wide_every_thread"), (False, "wide_lanes_decode")):
+            engine._decodes_wide = every_thread
+            out[key] = timed(1, True)
+    finally:
+        engine._decodes_wide = chose
     print(f"  first passes, audio-s/s: {lanes} lanes × 1 window {out['lanes_1_window']:.1f}, "
-          f"{lanes} lanes × {anchors.batch_size} {out['lanes_batch']:.1f}, "
-          f"one wide pass × {anchors.batch_size} {out['wide_batch']:.1f}")  # fmt: skip
+          f"{lanes} lanes × {anchors.batch_size} {out['lanes_batch']:.1f}; one wide pass × 1, decoded on every "
+          f"thread {out['wide_every_thread']:.1f}, on a lane {out['wide_lanes_decode']:.1f} (the engine decodes "
+          f"a wide pass on {engine.wide_decoder_threads} thread(s))")  # fmt: skip
     return out
 
 
@@ -577,14 +595,19 @@ def table_rows(passes: dict[str, Any], lone: dict[str, Any], load: dict[str, Any
     batch = load["batch_metrics"]
     per_pass = f"{batch['mean_windows_per_pass']:.2f}" if "mean_windows_per_pass" in batch else "not exposed"
     lanes, size = passes["lanes"], passes["batch_size"]
+    one = lone["bare_one_thread"]
     return [
-        (f"first passes: {lanes} lanes × 1 window / {lanes} lanes × {size} / one wide pass × {size}",
-         f"{passes['lanes_1_window']:.1f} / {passes['lanes_batch']:.1f} / {passes['wide_batch']:.1f} audio-s/s", "",
-         ""),
+        (f"first passes: {lanes} lanes × 1 window / {lanes} lanes × {size}",
+         f"{passes['lanes_1_window']:.1f} / {passes['lanes_batch']:.1f} audio-s/s", "", ""),
+        ("first passes: one wide pass × 1, decoder on every thread / on a lane's worker",
+         f"{passes['wide_every_thread']:.1f} / {passes['wide_lanes_decode']:.1f} audio-s/s (the node's choice: "
+         f"{passes['wide_decoder_threads']} thread(s))", "", ""),
         ("lone jfk.flac: p50 / p90 node", f"{n['p50_s']:.3f} / {n['p90_s']:.3f} s", "", ""),
         ("lone jfk.flac: p50 / p90 bare engine", f"{b['p50_s']:.3f} / {b['p90_s']:.3f} s", "", ""),
         ("lone: p50 node / bare", f"{lone['ratio_p50']:.3f} (p90 {lone['ratio_p90']:.3f})",
          f"≤ {TARGET_LONE_RATIO:.2f}", verdict(lone["ratio_p50"] <= TARGET_LONE_RATIO and not lone["non_200"])),
+        ("lone jfk.flac: p50 / p90 bare engine on one thread", f"{one['p50_s']:.3f} / {one['p90_s']:.3f} s", "", ""),
+        ("lone: p50 node / bare engine on one thread", f"{lone['ratio_p50_vs_one_thread']:.3f}", "", ""),
         ("lone: non-200 answers", str(lone["non_200"]), "", ""),
         (f"{CLIENTS} clients × {load['clip_duration_s']:.0f} s: node audio-s/s",
          f"{c['audio_s_per_s']:.2f} ({load['ok']} / {load['requests']} answered 200)", "", ""),
@@ -689,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{settings.engine.batch_wait_ms:g} ms); pipeline batch size {anchors.pipeline_batch_size}; "
         f"anchors in the benchmark process with the same model, beam {short.beam_size}, patience {short.patience}\n"
         f"- lone: {args.lone_requests} × {LONE_AUDIO.name} on the node and, in turn, decode + one "
-        "`WhisperModel.transcribe` (all cores, one worker)\n"
+        "`WhisperModel.transcribe` (all cores, one worker; the target's anchor) and on one thread (one lane's "
+        "worker)\n"
         f"- clients: {CLIENTS} clients, {args.clients_requests} uploads of {CLIP_S:g} s clips "
         f"({', '.join(c.name for c in clips)}) in rounds of {args.round_size}; each round also {args.anchor_clips} "
         f"clips through (a) {CLIENTS} threads on `WhisperModel(cpu_threads=1, num_workers={anchors.cores})` and "

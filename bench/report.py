@@ -479,12 +479,13 @@ def _why_batching(report: Report) -> str:
         size = passes["batch_size"]
         parts.append(
             f"On this CPU a pass's cost decides it. The first passes of {passes['clips']} clips decoded "
-            f"{passes['lanes_1_window']:.1f} audio-s/s on {passes['lanes']} one-thread lanes with one window a pass, "
-            f"{passes['lanes_batch']:.1f} with {size} a pass, and {passes['wide_batch']:.1f} in passes of {size} "
-            "with every thread: batching does not make a window cheaper here, and a pass split across threads is "
-            "slower than passes side by side. Anchor (a), a one-thread worker per core decoding a window at a "
-            "time, is so already the fastest way this machine decodes, and the node, which does the same work on "
-            "the same cores, can at best draw level with it."
+            f"{passes['lanes_1_window']:.1f} audio-s/s on {passes['lanes']} one-thread lanes with one window a pass "
+            f"and {passes['lanes_batch']:.1f} with {size} a pass: batching does not make a window cheaper here. "
+            f"One wide pass of one window decoded {passes['wide_every_thread']:.1f} audio-s/s with its decoder on "
+            f"every thread and {passes['wide_lanes_decode']:.1f} on one lane's worker: the decoder's small steps "
+            "split badly across threads. Anchor (a), a one-thread worker per core decoding a window at a time, "
+            "is so already the fastest way this machine decodes, and the node, which does the same work on the "
+            "same cores, can at best draw level with it."
         )
     decoded, requests = metrics.get("sayit_batch_windows_decoded_total"), clients.get("requests")
     if decoded is not None and requests:

@@ -50,6 +50,7 @@ async def health(request: web.Request) -> web.Response:
         "computeType": engine.compute_type,
         "batchSize": engine.batcher.batch_size,
         "batchLanes": engine.batcher.lanes,
+        "wideDecoderThreads": engine.wide_decoder_threads,
     }
     workers = {
         "node": actors.settings.worker_id,

@@ -315,6 +315,28 @@ def test_a_pass_of_many_windows_writes_what_the_sequential_path_writes(
 
 
 @pytest.mark.slow
+def test_a_wide_pass_writes_the_same_whether_every_thread_or_the_lanes_decode_it(
+    engine: FasterWhisperEngine,
+    corpus: Path,
+    profiles: dict[str, TranscriptionOptions],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options = profiles["en"]
+    jfk = audio.decode(corpus / "jfk.flac")
+    license_half = audio.decode(corpus / "multilingual.mp3")[: 28 * audio.SAMPLE_RATE]
+    windows = [Window(w, options) for w in (jfk, license_half, jfk[: 6 * audio.SAMPLE_RATE])]
+    heard = {}
+    for every_thread in (True, False):  # on two lanes the lanes take windows 1 and 3, and 2
+        monkeypatch.setattr(engine, "_decodes_wide", every_thread)
+        heard[every_thread] = engine._pass(windows, wide=True)
+    for by_all, by_lanes in zip(heard[True], heard[False], strict=True):
+        assert isinstance(by_all, Transcript | Rest) and isinstance(by_lanes, type(by_all))
+        one, other = (t.heard if isinstance(t, Rest) else t for t in (by_all, by_lanes))
+        assert one.language == other.language == "en"
+        assert one.text and word_error_rate(one.text, other.text) <= 0.1, (one.text, other.text)
+
+
+@pytest.mark.slow
 def test_each_window_of_a_pass_hears_its_own_language(
     engine: FasterWhisperEngine, corpus: Path, profiles: dict[str, TranscriptionOptions]
 ) -> None:

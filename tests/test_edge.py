@@ -84,6 +84,9 @@ async def test_health_reports_the_parts(client: TestClient) -> None:
     assert body["status"] == "healthy"
     services = body["services"]
     assert services["redis"]["status"] == "up"
+    engine = load_settings({}).engine
+    decoder_threads = services["whisper"].pop("wideDecoderThreads")  # timed at load: this CPU's choice
+    assert decoder_threads in {engine.threads(), engine.threads() // engine.batch_lanes_for("cpu")}
     assert services["whisper"] == {
         "status": "up",
         "engine": "faster-whisper",
@@ -91,7 +94,7 @@ async def test_health_reports_the_parts(client: TestClient) -> None:
         "device": "cpu",
         "computeType": "int8",
         "batchSize": 2,
-        "batchLanes": load_settings({}).engine.batch_lanes_for("cpu"),  # one per core
+        "batchLanes": engine.batch_lanes_for("cpu"),  # one per core
     }
     kinds = sorted({a["kind"] for a in services["workers"]["actors"]})
     assert kinds == [

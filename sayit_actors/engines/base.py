@@ -107,6 +107,7 @@ class Engine(Protocol):
     compute_type: str
     workers: int
     batcher: Batcher
+    wide_decoder_threads: int | None  # a CPU engine's: threads decoding one window of a wide pass
 
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions, urgent: bool = False) -> Transcript:
         """Transcribe 16 kHz mono float32 samples; safe to call from ``workers`` threads at once,

@@ -310,6 +310,7 @@ class BatchedEngine:
     through it (the silence rules choose the windows, the batcher decodes them)."""
 
     name: str
+    wide_decoder_threads: int | None = None  # a CPU engine's: threads decoding one window of a wide pass
 
     def __init__(
         self, model: str, device: str, compute_type: str, workers: int, settings: EngineSettings,

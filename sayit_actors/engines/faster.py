@@ -2,7 +2,10 @@
 
 One model per process, driven by the batcher (see ``batcher``) and loaded twice: once with every
 core for a wide pass and, on a CPU, once with a one-thread worker per batcher lane for the narrow
-passes that run side by side. The windows every slot hands over go through the encoder and the
+passes that run side by side. A wide pass always encodes with every core; whether it also decodes
+with every core is timed once at load (``_decoder_gains_from_threads``): on some CPUs one thread runs the
+decoder's small steps faster than several, and then a wide pass shares its windows' decoding out
+over the lanes' one-thread workers. The windows every slot hands over go through the encoder and the
 decoder together, the way faster-whisper's ``BatchedInferencePipeline`` decodes one file's
 windows, but across requests. Each window keeps
 its own language (detected per window when none is given), prompt and hotwords; windows that
@@ -46,6 +49,7 @@ from sayit_actors.engines.batcher import BatchedEngine, Rest, Window
 log = logging.getLogger(__name__)
 _HUB_MODELS = ("tiny", "base", "small", "medium", "large-v2", "large-v3")
 N_SAMPLES = 30 * SAMPLE_RATE  # one Whisper window: longer audio is decoded by the sequential path
+CALIBRATION_STEPS = 24  # decoder steps timed at load on each model
 MIN_REST_S = 0.5  # speech left after a window's last segment shorter than this is not decoded again
 _PREPEND = "\"'“¿([{-"  # faster-whisper's defaults for attaching punctuation to words
 _APPEND = "\"'.。,，!！?？:：”)]}、"
@@ -73,6 +77,33 @@ def _load_model(name: str, data_dir: str | Path | None, **options: Any) -> Whisp
         f"SAYIT_MODEL={name!r} is neither 'base', a model name ({', '.join(_HUB_MODELS)}) "
         "nor a folder holding a CTranslate2 model.bin"
     )
+
+
+def _decoder_gains_from_threads(wide: WhisperModel, narrow: WhisperModel) -> bool:
+    """Whether a wide pass decodes faster with every thread than on one lane's one-thread worker:
+    a lone window's beam search over a silent window, ``CALIBRATION_STEPS`` steps on each model,
+    the faster of two runs. The encoder's large matrices gain from threads; the decoder's small
+    steps may not (on a 2-vCPU VM two threads decoded a lone window 2.2 times slower than one)."""
+    tokenizer = Tokenizer(wide.hf_tokenizer, wide.model.is_multilingual, task="transcribe", language="en")
+    prompt = wide.get_prompt(tokenizer, [], without_timestamps=False)
+    silent = pad_or_trim(wide.feature_extractor(np.zeros(SAMPLE_RATE, np.float32)))
+    encoder_output = wide.encode(silent[np.newaxis].astype(np.float32))
+    seconds = []
+    for model in (wide, narrow):
+        best = math.inf
+        for _ in range(2):
+            started = time.perf_counter()
+            model.model.generate(
+                encoder_output, [prompt], beam_size=5, max_length=len(prompt) + CALIBRATION_STEPS,
+                suppress_tokens=[-1, tokenizer.eot],  # never the end: every run takes its steps
+            )  # fmt: skip
+            best = min(best, time.perf_counter() - started)
+        seconds.append(best)
+    log.info(
+        "a lone window's %d decoder steps: %.0f ms with every thread, %.0f ms on one lane's worker",
+        CALIBRATION_STEPS, seconds[0] * 1000, seconds[1] * 1000,
+    )  # fmt: skip
+    return seconds[0] <= seconds[1]
 
 
 def _batch_key(options: TranscriptionOptions) -> tuple[Any, ...]:
@@ -116,10 +147,14 @@ class FasterWhisperEngine(BatchedEngine):
 
     def __init__(
         self, model: WhisperModel, model_name: str, device: str, compute_type: str, workers: int,
-        settings: EngineSettings, narrow: WhisperModel | None = None, lanes: int = 1,
+        settings: EngineSettings, narrow: WhisperModel | None = None, lanes: int = 1, threads: int = 1,
     ):  # fmt: skip
         self._model = model
         self._narrow = narrow or model
+        self._lanes = lanes
+        self._decodes_wide = narrow is None or _decoder_gains_from_threads(model, narrow)
+        if device == "cpu":  # threads that decode one window of a wide pass: every one, or a lane's share
+            self.wide_decoder_threads = threads if self._decodes_wide else threads // lanes
         super().__init__(model_name, device, compute_type, workers, settings, self._decode_batch, lanes)
 
     @property
@@ -168,10 +203,33 @@ class FasterWhisperEngine(BatchedEngine):
             lanes,
             time.perf_counter() - started,
         )
-        return cls(model, name, device, compute_type, workers, settings, narrow, lanes)
+        return cls(model, name, device, compute_type, workers, settings, narrow, lanes, threads)
 
     def _whisper(self, wide: bool) -> WhisperModel:
         return self._model if wide else self._narrow
+
+    def _generate(
+        self, encoder_output: ctranslate2.StorageView, prompts: list[list[int]], wide: bool, **options: Any
+    ) -> list[Any]:
+        """The decoder over a pass's windows. A wide pass on a CPU whose decoder gains nothing from
+        threads hands its windows to the lanes' one-thread workers, side by side, one share each."""
+        if not wide or self._decodes_wide:
+            return list(self._whisper(wide).model.generate(encoder_output, prompts, **options))
+        shares = [list(range(lane, len(prompts), self._lanes)) for lane in range(min(self._lanes, len(prompts)))]
+        pending = [
+            self._narrow.model.generate(
+                encoder_output if len(shares) == 1 else _rows(encoder_output, share),
+                [prompts[i] for i in share],
+                asynchronous=True,
+                **options,
+            )
+            for share in shares
+        ]
+        results: list[Any] = [None] * len(prompts)
+        for share, answers in zip(shares, pending, strict=True):
+            for i, answer in zip(share, answers, strict=True):
+                results[i] = answer.result()
+        return results
 
     def _decode_batch(self, windows: Sequence[Window], wide: bool) -> list[Transcript | Rest | BaseException]:
         """Batched passes over the windows, grouped by the settings a pass shares; a window longer
@@ -198,7 +256,7 @@ class FasterWhisperEngine(BatchedEngine):
     def _alone(self, window: Window, wide: bool) -> Transcript | BaseException:
         """A window the passes could not take, decoded by the sequential path; its failure is its own."""
         try:
-            return self._sequential(window.samples, window.options, wide)
+            return self._sequential(window.samples, window.options, wide and self._decodes_wide)
         except Exception as exc:
             return exc
 
@@ -238,9 +296,10 @@ class FasterWhisperEngine(BatchedEngine):
             )
             for w, (lang, _) in zip(windows, languages, strict=True)
         ]
-        results = model.model.generate(
+        results = self._generate(
             encoder_output,
             prompts,
+            wide,
             beam_size=options.beam_size,
             patience=options.patience,
             length_penalty=1,
@@ -307,7 +366,7 @@ class FasterWhisperEngine(BatchedEngine):
     def _sequential(self, audio: np.ndarray, options: TranscriptionOptions, wide: bool = True) -> Transcript:
         """One faster-whisper call on all of ``audio`` (its own Silero filter is never used: it
         joins the speech of a chunk into one window, and Whisper stops after the first passage)."""
-        segments_iter, info = self._whisper(wide).transcribe(
+        segments_iter, info = self._whisper(wide and self._decodes_wide).transcribe(
             audio,
             language=options.language,
             task=options.task,
