@@ -31,6 +31,7 @@ class FixedTimeEngine:
     model = "none"
     device = "cpu"
     compute_type = "none"
+    wide_decoder_threads = None
 
     def __init__(self, seconds: float, workers: int) -> None:
         self.seconds = seconds

@@ -3,15 +3,15 @@
 One model per process, driven by the batcher (see ``batcher``) and loaded twice: once with every
 core for a wide pass and, on a CPU, once with a one-thread worker per batcher lane for the narrow
 passes that run side by side. A wide pass always encodes with every core; whether it also decodes
-with every core is timed once at load (``_decoder_gains_from_threads``): on some CPUs one thread runs the
-decoder's small steps faster than several, and then a wide pass shares its windows' decoding out
-over the lanes' one-thread workers. The windows every slot hands over go through the encoder and the
-decoder together, the way faster-whisper's ``BatchedInferencePipeline`` decodes one file's
-windows, but across requests. Each window keeps
-its own language (detected per window when none is given), prompt and hotwords; windows that
-differ in the settings a pass shares (beam size, patience, word timestamps, task) go in separate
-passes. A window the pass heard badly (compression ratio or average log-probability past the
-profile's thresholds) is decoded again on its own with the profile's temperature ladder.
+with every core is timed once at load (``_decoder_gains_from_threads``): on some CPUs one thread
+runs the decoder's small steps faster than several, and then a wide pass shares its windows'
+decoding out over the lanes' one-thread workers. The windows every slot hands over go through the
+encoder and the decoder together, the way faster-whisper's ``BatchedInferencePipeline`` decodes
+one file's windows, but across requests. Each window keeps its own language (detected per window
+when none is given), prompt and hotwords; windows that differ in the settings a pass shares (beam
+size, patience, word timestamps, task) go in separate passes. A window the pass heard badly
+(compression ratio or average log-probability past the profile's thresholds) is decoded again on
+its own with the profile's temperature ladder.
 """
 
 from __future__ import annotations
