@@ -260,6 +260,19 @@ def test_a_lone_window_gets_every_core_and_waiting_windows_share_the_lanes() -> 
         assert [t.text for t in handed.result(10)] == [f"w{n}" for n in (2, 3, 4, 5, 6)]
 
 
+def test_each_lane_takes_its_share_of_the_waiting_audio_not_of_the_windows() -> None:
+    lanes = Lanes()
+    batcher = Batcher(lanes, batch_size=2, batch_wait_ms=0, name="test-batcher", lanes=2)
+    seconds = {1: 26, 2: 21, 3: 5}  # a job's windows: one lane gets the longest, the other the two others
+    windows = [np.full(s * audio.SAMPLE_RATE, n, dtype=np.float32) for n, s in seconds.items()]
+    with ThreadPoolExecutor(3) as pool:
+        handed = pool.submit(batcher.decode, windows, OPTIONS)
+        lanes.wait_running(2)
+        assert sorted(p for p, _ in lanes.running) == [(1,), (2, 3)]
+        lanes.gate.set()
+        assert [t.text for t in handed.result(10)] == ["w1", "w2", "w3"]
+
+
 def test_a_busy_node_s_lull_between_passes_does_not_hold_every_lane_for_one_window() -> None:
     lanes = Lanes()
     lanes.gate.set()

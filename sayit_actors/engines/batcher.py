@@ -7,7 +7,8 @@ out is the batcher's one decision:
 - Fewer windows waiting than there are lanes, no pass running, and none crowded the lanes within
   the last pass's time: one *wide* pass with every core. A lone request so gets the whole
   machine, and a busy node's lull between passes does not hold every lane for one window.
-- Otherwise a *narrow* pass per lane, each with one core and its share of the windows: on a
+- Otherwise a *narrow* pass per lane, each with one core and its share of the waiting audio (a
+  job's two longest windows in one pass would keep the other lane waiting for it): on a
   2-core CPU two one-thread passes side by side decode about twice as much as one pass split
   across both threads (docs/PERFORMANCE.md), because small matrices split badly across threads.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import itertools
 import logging
 import math
 import threading
@@ -188,10 +190,15 @@ class Batcher:
                     continue
                 wide = self._busy == 0 and (self.lanes == 1 or (waiting < self.lanes and not self._crowded()))
                 size = self.batch_size if wide else min(self.batch_size, math.ceil(waiting / (self.lanes - self._busy)))
+                # A narrow pass takes its lane's share of the waiting audio, so that the free lanes'
+                # passes end together (the two longest windows of a job in one pass would not).
+                share_s = math.inf if wide else self._waiting_s() / (self.lanes - self._busy)
                 batch: list[Window] = []
+                taken_s = 0.0
                 for source in (self._urgent, self._queued):
-                    while source and len(batch) < size:
+                    while source and len(batch) < size and (not batch or taken_s < share_s):
                         batch.append(source.popleft())
+                        taken_s += batch[-1].audio_s
                 self._busy += 1
                 self._wide = wide
                 self._cond.notify_all()  # another lane may take what is left
@@ -199,6 +206,9 @@ class Batcher:
 
     def _waiting(self) -> int:
         return len(self._urgent) + len(self._queued)
+
+    def _waiting_s(self) -> float:
+        return sum(w.audio_s for w in itertools.chain(self._urgent, self._queued))
 
     def _crowded(self) -> bool:
         """Whether the lanes had a window each within the last pass's time (at a hand-over, or at
