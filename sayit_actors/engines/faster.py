@@ -147,14 +147,13 @@ class FasterWhisperEngine(BatchedEngine):
 
     def __init__(
         self, model: WhisperModel, model_name: str, device: str, compute_type: str, workers: int,
-        settings: EngineSettings, narrow: WhisperModel | None = None, lanes: int = 1, threads: int = 1,
+        settings: EngineSettings, narrow: WhisperModel | None = None, lanes: int = 1,
+        decodes_wide: bool = True, wide_decoder_threads: int | None = None,
     ):  # fmt: skip
         self._model = model
         self._narrow = narrow or model
-        self._lanes = lanes
-        self._decodes_wide = narrow is None or _decoder_gains_from_threads(model, narrow)
-        if device == "cpu":  # threads that decode one window of a wide pass: every one, or a lane's share
-            self.wide_decoder_threads = threads if self._decodes_wide else threads // lanes
+        self._decodes_wide = decodes_wide  # a wide pass decodes on every thread, else on the lanes' workers
+        self.wide_decoder_threads = wide_decoder_threads
         super().__init__(model_name, device, compute_type, workers, settings, self._decode_batch, lanes)
 
     @property
@@ -203,7 +202,10 @@ class FasterWhisperEngine(BatchedEngine):
             lanes,
             time.perf_counter() - started,
         )
-        return cls(model, name, device, compute_type, workers, settings, narrow, lanes, threads)
+        decodes_wide = narrow is None or _decoder_gains_from_threads(model, narrow)
+        # On a CPU, the threads that decode one window of a wide pass: every one, or a lane's share.
+        decoder_threads = (threads if decodes_wide else threads // lanes) if device == "cpu" else None
+        return cls(model, name, device, compute_type, workers, settings, narrow, lanes, decodes_wide, decoder_threads)
 
     def _whisper(self, wide: bool) -> WhisperModel:
         return self._model if wide else self._narrow
@@ -215,7 +217,8 @@ class FasterWhisperEngine(BatchedEngine):
         threads hands its windows to the lanes' one-thread workers, side by side, one share each."""
         if not wide or self._decodes_wide:
             return list(self._whisper(wide).model.generate(encoder_output, prompts, **options))
-        shares = [list(range(lane, len(prompts), self._lanes)) for lane in range(min(self._lanes, len(prompts)))]
+        lanes = self.batcher.lanes
+        shares = [list(range(lane, len(prompts), lanes)) for lane in range(min(lanes, len(prompts)))]
         pending = [
             self._narrow.model.generate(
                 encoder_output if len(shares) == 1 else _rows(encoder_output, share),
